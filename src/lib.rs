@@ -1,0 +1,24 @@
+//! Portcullis: security for AI/ML HTTP APIs at the ingress, as tower layers.
+//!
+//! This facade re-exports each Portcullis crate under a short name, behind a cargo feature
+//! named after it (all on by default):
+//!
+//! | module | crate | feature |
+//! |---|---|---|
+//! | [`core`] | `portcullis-core`: the vocabulary layers exchange through extensions, problem responses, client-address resolution | `core` |
+//!
+//! Authentication, zero-trust TLS, rate limiting, the WAF and audit join this table as their
+//! crates land; see the changelog.
+//!
+//! # Example
+//!
+//! ```
+//! use portcullis::core::{Problem, Reason};
+//!
+//! let response: http::Response<bytes::Bytes> = Problem::new(Reason::NoRoute).into_response();
+//! assert_eq!(response.status(), 404);
+//! ```
+
+#[cfg(feature = "core")]
+#[doc(inline)]
+pub use portcullis_core as core;
