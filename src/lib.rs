@@ -6,9 +6,10 @@
 //! | module | crate | feature |
 //! |---|---|---|
 //! | [`core`] | `portcullis-core`: the vocabulary layers exchange through extensions, problem responses, client-address resolution | `core` |
+//! | [`authn`] | `portcullis-authn`: JWT + JWKS (OIDC discovery), API keys, client certificates, claims-based authorization | `authn` |
 //!
-//! Authentication, zero-trust TLS, rate limiting, the WAF and audit join this table as their
-//! crates land; see the changelog.
+//! Zero-trust TLS, rate limiting, the WAF and audit join this table as their crates land; see
+//! the changelog.
 //!
 //! # Example
 //!
@@ -22,3 +23,7 @@
 #[cfg(feature = "core")]
 #[doc(inline)]
 pub use portcullis_core as core;
+
+#[cfg(feature = "authn")]
+#[doc(inline)]
+pub use portcullis_authn as authn;

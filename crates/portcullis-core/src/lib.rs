@@ -67,6 +67,7 @@ macro_rules! serde_via_str {
 
 mod cidr;
 mod client_addr;
+pub mod duration;
 mod error;
 mod principal;
 mod problem;

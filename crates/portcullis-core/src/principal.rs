@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -56,7 +57,9 @@ impl fmt::Display for AuthMethod {
 /// verified it, and the claims a policy asked to keep.
 ///
 /// Every text field is bounded and free of control characters, so a principal can be written
-/// to logs and used as a rate-limit key as it is.
+/// to logs and used as a rate-limit key as it is. A principal is immutable once built and
+/// shared behind an `Arc`, so cloning it into each request's extensions costs one atomic
+/// increment.
 ///
 /// # Examples
 ///
@@ -74,8 +77,19 @@ impl fmt::Display for AuthMethod {
 /// assert!(!principal.has_scope("admin"));
 /// # Ok::<(), portcullis_core::ValueError>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Principal {
+    inner: Arc<Fields>,
+}
+
+impl Serialize for Principal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.inner.serialize(serializer)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Fields {
     subject: String,
     method: AuthMethod,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,7 +110,7 @@ impl Principal {
     /// Starts building a principal for `subject`, authenticated by `method`.
     pub fn builder(subject: impl Into<String>, method: AuthMethod) -> PrincipalBuilder {
         PrincipalBuilder {
-            principal: Principal {
+            fields: Fields {
                 subject: subject.into(),
                 method,
                 issuer: None,
@@ -111,53 +125,53 @@ impl Principal {
 
     /// The subject: the `sub` claim, the API key's owner, or the certificate's identity.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.inner.subject
     }
 
     /// How the caller authenticated.
     pub fn method(&self) -> AuthMethod {
-        self.method
+        self.inner.method
     }
 
     /// The token issuer (`iss`), for JWTs.
     pub fn issuer(&self) -> Option<&str> {
-        self.issuer.as_deref()
+        self.inner.issuer.as_deref()
     }
 
     /// The tenant the caller belongs to, when the policy maps one.
     pub fn tenant(&self) -> Option<&str> {
-        self.tenant.as_deref()
+        self.inner.tenant.as_deref()
     }
 
     /// The granted scopes.
     pub fn scopes(&self) -> &BTreeSet<String> {
-        &self.scopes
+        &self.inner.scopes
     }
 
     /// The granted roles.
     pub fn roles(&self) -> &BTreeSet<String> {
-        &self.roles
+        &self.inner.roles
     }
 
     /// The id of the key that verified the credential: the JWT `kid`, or the API key's id
     /// (never the key itself).
     pub fn key_id(&self) -> Option<&str> {
-        self.key_id.as_deref()
+        self.inner.key_id.as_deref()
     }
 
     /// The claims the policy selected to keep, by name.
     pub fn claims(&self) -> &BTreeMap<String, serde_json::Value> {
-        &self.claims
+        &self.inner.claims
     }
 
     /// One selected claim.
     pub fn claim(&self, name: &str) -> Option<&serde_json::Value> {
-        self.claims.get(name)
+        self.inner.claims.get(name)
     }
 
     /// Whether `scope` was granted.
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.contains(scope)
+        self.inner.scopes.contains(scope)
     }
 
     /// Whether every one of `scopes` was granted.
@@ -167,21 +181,21 @@ impl Principal {
 
     /// Whether `role` was granted.
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.contains(role)
+        self.inner.roles.contains(role)
     }
 }
 
 impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Principal")
-            .field("subject", &self.subject)
-            .field("method", &self.method)
-            .field("issuer", &self.issuer)
-            .field("tenant", &self.tenant)
-            .field("scopes", &self.scopes)
-            .field("roles", &self.roles)
-            .field("key_id", &self.key_id)
-            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .field("subject", &self.inner.subject)
+            .field("method", &self.inner.method)
+            .field("issuer", &self.inner.issuer)
+            .field("tenant", &self.inner.tenant)
+            .field("scopes", &self.inner.scopes)
+            .field("roles", &self.inner.roles)
+            .field("key_id", &self.inner.key_id)
+            .field("claims", &self.inner.claims.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -190,25 +204,25 @@ impl fmt::Debug for Principal {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct PrincipalBuilder {
-    principal: Principal,
+    fields: Fields,
 }
 
 impl PrincipalBuilder {
     /// The token issuer.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
-        self.principal.issuer = Some(issuer.into());
+        self.fields.issuer = Some(issuer.into());
         self
     }
 
     /// The tenant.
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.principal.tenant = Some(tenant.into());
+        self.fields.tenant = Some(tenant.into());
         self
     }
 
     /// Adds scopes (duplicates collapse).
     pub fn scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
-        self.principal
+        self.fields
             .scopes
             .extend(scopes.into_iter().map(Into::into));
         self
@@ -216,21 +230,19 @@ impl PrincipalBuilder {
 
     /// Adds roles (duplicates collapse).
     pub fn roles<S: Into<String>>(mut self, roles: impl IntoIterator<Item = S>) -> Self {
-        self.principal
-            .roles
-            .extend(roles.into_iter().map(Into::into));
+        self.fields.roles.extend(roles.into_iter().map(Into::into));
         self
     }
 
     /// The id of the key that verified the credential.
     pub fn key_id(mut self, key_id: impl Into<String>) -> Self {
-        self.principal.key_id = Some(key_id.into());
+        self.fields.key_id = Some(key_id.into());
         self
     }
 
     /// Keeps a claim (replacing one of the same name).
     pub fn claim(mut self, name: impl Into<String>, value: serde_json::Value) -> Self {
-        self.principal.claims.insert(name.into(), value);
+        self.fields.claims.insert(name.into(), value);
         self
     }
 
@@ -242,7 +254,7 @@ impl PrincipalBuilder {
     /// not an RFC 6749 scope token (printable ASCII, no space, `"` or `\`); there are too many
     /// scopes, roles or claims; or a claim value is larger than [`MAX_CLAIM_LEN`].
     pub fn build(self) -> Result<Principal, ValueError> {
-        let p = self.principal;
+        let p = self.fields;
         check_text("principal subject", &p.subject, MAX_ID_LEN)?;
         if let Some(issuer) = &p.issuer {
             check_text("principal issuer", issuer, MAX_ID_LEN)?;
@@ -282,7 +294,7 @@ impl PrincipalBuilder {
                 ));
             }
         }
-        Ok(p)
+        Ok(Principal { inner: Arc::new(p) })
     }
 }
 

@@ -121,6 +121,10 @@ reasons! {
     InvalidToken => ("authn.invalid_token", Authn, UNAUTHORIZED, "Invalid token"),
     /// The bearer token has expired or is not yet valid.
     ExpiredToken => ("authn.expired_token", Authn, UNAUTHORIZED, "Token expired or not yet valid"),
+    /// The request carries more than one credential (two `Authorization` headers, or a bearer
+    /// token and an API key), so which one identifies the caller is ambiguous (RFC 6750 §3.1
+    /// `invalid_request`).
+    AmbiguousCredentials => ("authn.ambiguous_credentials", Authn, BAD_REQUEST, "More than one credential"),
     /// The API key is unknown, revoked or expired.
     InvalidApiKey => ("authn.invalid_api_key", Authn, UNAUTHORIZED, "Invalid API key"),
     /// The credential is valid but lacks a required scope.

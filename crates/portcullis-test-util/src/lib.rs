@@ -4,6 +4,8 @@
 //!   SPIFFE client certificates, expired / not-yet-valid / revoked / foreign ones, and CRLs).
 //! - [`jwt`]: RSA, P-256, P-384 and Ed25519 signing keys generated at run time, their JWKS,
 //!   and a token builder that can also forge the tokens an attacker would send.
+//! - [`docs`]: a document server (HTTP or HTTPS with the test PKI) for JWKS and OIDC
+//!   discovery documents, with scripted statuses, `Cache-Control: max-age` and a hit counter.
 //! - [`upstream`]: a fake upstream server on `127.0.0.1:0` (echo, SSE, status codes, and an
 //!   OpenAI-compatible chat-completions mock with `usage`).
 //!
@@ -11,10 +13,12 @@
 
 use std::fmt;
 
+pub mod docs;
 pub mod jwt;
 pub mod pki;
 pub mod upstream;
 
+pub use docs::DocumentServer;
 pub use jwt::{JwtKey, JwtKeys, TokenBuilder};
 pub use pki::{LeafSpec, TestCa, TestCert, TestCrl, TestPki};
 pub use upstream::FakeUpstream;
