@@ -6,9 +6,10 @@
 //! | module | crate | feature |
 //! |---|---|---|
 //! | [`core`] | `portcullis-core`: the vocabulary layers exchange through extensions, problem responses, client-address resolution | `core` |
+//! | [`ztls`] | `portcullis-ztls`: rustls mTLS server configs with SNI, CRLs and hot reload; the handshake's identity in every request; SPIFFE/SAN policy layer | `ztls` |
 //! | [`authn`] | `portcullis-authn`: JWT + JWKS (OIDC discovery), API keys, client certificates, claims-based authorization | `authn` |
 //!
-//! Zero-trust TLS, rate limiting, the WAF and audit join this table as their crates land; see
+//! Rate limiting, the WAF and audit join this table as their crates land; see
 //! the changelog.
 //!
 //! # Example
@@ -27,3 +28,7 @@ pub use portcullis_core as core;
 #[cfg(feature = "authn")]
 #[doc(inline)]
 pub use portcullis_authn as authn;
+
+#[cfg(feature = "ztls")]
+#[doc(inline)]
+pub use portcullis_ztls as ztls;

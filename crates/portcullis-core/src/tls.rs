@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -129,8 +130,19 @@ serde_via_str!(Thumbprint);
 ///
 /// The SPIFFE ID is derived, never supplied: it is present exactly when the certificate has one
 /// URI SAN and that SAN is a valid SPIFFE ID (an X.509-SVID has exactly one).
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PeerCertificate {
+    inner: Arc<CertFields>,
+}
+
+impl Serialize for PeerCertificate {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.inner.serialize(serializer)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct CertFields {
     #[serde(skip)]
     der: Bytes,
     thumbprint: Thumbprint,
@@ -173,65 +185,65 @@ impl PeerCertificate {
 
     /// The leaf certificate, DER-encoded.
     pub fn der(&self) -> &Bytes {
-        &self.der
+        &self.inner.der
     }
 
     /// The SHA-256 thumbprint of [`der`](Self::der).
     pub fn thumbprint(&self) -> Thumbprint {
-        self.thumbprint
+        self.inner.thumbprint
     }
 
     /// The subject distinguished name (RFC 4514 string form); empty when the certificate has
     /// an empty subject, as SVIDs may.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.inner.subject
     }
 
     /// The issuer distinguished name (RFC 4514 string form).
     pub fn issuer(&self) -> &str {
-        &self.issuer
+        &self.inner.issuer
     }
 
     /// The serial number, big-endian.
     pub fn serial(&self) -> &[u8] {
-        &self.serial
+        &self.inner.serial
     }
 
     /// Start of the validity period.
     pub fn not_before(&self) -> SystemTime {
-        self.not_before
+        self.inner.not_before
     }
 
     /// End of the validity period.
     pub fn not_after(&self) -> SystemTime {
-        self.not_after
+        self.inner.not_after
     }
 
     /// DNS Subject Alternative Names.
     pub fn dns_sans(&self) -> &[String] {
-        &self.dns_sans
+        &self.inner.dns_sans
     }
 
     /// URI Subject Alternative Names.
     pub fn uri_sans(&self) -> &[String] {
-        &self.uri_sans
+        &self.inner.uri_sans
     }
 
     /// The SPIFFE ID, when the certificate is an X.509-SVID.
     pub fn spiffe_id(&self) -> Option<&SpiffeId> {
-        self.spiffe_id.as_ref()
+        self.inner.spiffe_id.as_ref()
     }
 }
 
 impl fmt::Debug for PeerCertificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerCertificate")
-            .field("thumbprint", &self.thumbprint)
-            .field("subject", &self.subject)
-            .field("issuer", &self.issuer)
-            .field("spiffe_id", &self.spiffe_id)
-            .field("dns_sans", &self.dns_sans)
-            .field("uri_sans", &self.uri_sans)
+            .field("thumbprint", &self.inner.thumbprint)
+            .field("subject", &self.inner.subject)
+            .field("issuer", &self.inner.issuer)
+            .field("spiffe_id", &self.inner.spiffe_id)
+            .field("dns_sans", &self.inner.dns_sans)
+            .field("uri_sans", &self.inner.uri_sans)
             .finish_non_exhaustive()
     }
 }
@@ -337,16 +349,18 @@ impl PeerCertificateBuilder {
             _ => None,
         };
         Ok(PeerCertificate {
-            der: self.der,
-            thumbprint: self.thumbprint,
-            subject: self.subject,
-            issuer: self.issuer,
-            serial: self.serial,
-            not_before,
-            not_after,
-            dns_sans: self.dns_sans,
-            uri_sans: self.uri_sans,
-            spiffe_id,
+            inner: Arc::new(CertFields {
+                der: self.der,
+                thumbprint: self.thumbprint,
+                subject: self.subject,
+                issuer: self.issuer,
+                serial: self.serial,
+                not_before,
+                not_after,
+                dns_sans: self.dns_sans,
+                uri_sans: self.uri_sans,
+                spiffe_id,
+            }),
         })
     }
 }
