@@ -1,0 +1,82 @@
+//! The local keyed check with 1,000,000 keys present, and the memory each IPv4 key costs.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a bench with broken fixtures should stop at once"
+)]
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group};
+use portcullis_ratelimit::{DefaultClock, Key, KeySpec, RateLimitPolicy};
+
+const KEYS: u32 = 1_000_000;
+
+fn policy() -> RateLimitPolicy<DefaultClock> {
+    RateLimitPolicy::new(
+        "per-ip",
+        KeySpec::ClientIp { ipv6_prefix: None },
+        NonZeroU32::new(1_000_000).unwrap(),
+        Duration::from_secs(1),
+        NonZeroU32::new(1_000_000).unwrap(),
+        NonZeroUsize::new(2 * KEYS as usize).unwrap(),
+        DefaultClock::default(),
+    )
+    .unwrap()
+}
+
+fn key(i: u32) -> Key {
+    Key::Ip(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+}
+
+/// Resident memory of this process, from /proc (Linux).
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn memory_per_key() {
+    let p = policy();
+    let before = rss_bytes();
+    for i in 0..KEYS {
+        black_box(p.check_key(&key(i)));
+    }
+    let after = rss_bytes();
+    assert_eq!(p.tracked_keys(), KEYS as usize);
+    if let (Some(before), Some(after)) = (before, after) {
+        println!(
+            "memory: {KEYS} IPv4 keys tracked, resident set grew by {} bytes = {:.1} bytes per key",
+            after.saturating_sub(before),
+            after.saturating_sub(before) as f64 / f64::from(KEYS)
+        );
+    }
+}
+
+fn keyed_check(c: &mut Criterion) {
+    let p = policy();
+    for i in 0..KEYS {
+        p.check_key(&key(i));
+    }
+    let mut i = 0u32;
+    c.bench_function("ratelimit/check_key_1m_keys_present", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            black_box(p.check_key(&key(i)))
+        })
+    });
+}
+
+criterion_group!(benches, keyed_check);
+
+fn main() {
+    memory_per_key();
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

@@ -1,0 +1,284 @@
+//! Named GCRA policies and brute-force throttling, plain Rust (no tower).
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::{Quota, RateLimiter};
+use http::{Extensions, HeaderMap, StatusCode};
+use portcullis_core::{RateLimitDecision, ValueError, validate_policy_name};
+
+use crate::key::{Key, KeySpec};
+use crate::store::{BoundedStore, SharedStore};
+
+type Limiter<C, MW> = RateLimiter<Key, SharedStore<Key, C>, C, MW>;
+
+/// A named GCRA quota on a key: `burst` requests at once, refilled at one per `interval`.
+pub struct RateLimitPolicy<C: Clock> {
+    name: Arc<str>,
+    spec: KeySpec,
+    burst: u32,
+    interval: Duration,
+    limiter: Limiter<C, StateInformationMiddleware>,
+    store: Arc<BoundedStore<Key, C>>,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for RateLimitPolicy<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitPolicy")
+            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .field("burst", &self.burst)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Clock + Clone> RateLimitPolicy<C> {
+    /// `requests` per `period` on `spec`, allowing bursts of `burst`, tracking at most about
+    /// `max_keys` keys, on `clock`.
+    ///
+    /// # Errors
+    ///
+    /// If the name is not a valid policy name, or `period / requests` is zero.
+    pub fn new(
+        name: &str,
+        spec: KeySpec,
+        requests: NonZeroU32,
+        period: Duration,
+        burst: NonZeroU32,
+        max_keys: NonZeroUsize,
+        clock: C,
+    ) -> Result<Self, ValueError> {
+        validate_policy_name(name)?;
+        let interval = period / requests.get();
+        let quota = Quota::with_period(interval)
+            .ok_or_else(|| {
+                ValueError::new(
+                    "rate-limit quota",
+                    "the period divided by the requests is zero",
+                )
+            })?
+            .allow_burst(burst);
+        let store = Arc::new(BoundedStore::new(max_keys.get(), clock.clone()));
+        let limiter = RateLimiter::new(quota, SharedStore(Arc::clone(&store)), clock.clone());
+        Ok(Self {
+            name: name.into(),
+            spec,
+            burst: burst.get(),
+            interval,
+            limiter,
+            store,
+            clock,
+        })
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Keys tracked now.
+    pub fn tracked_keys(&self) -> usize {
+        self.store.len()
+    }
+
+    /// The most keys tracked.
+    pub fn max_keys(&self) -> usize {
+        self.store.capacity()
+    }
+
+    /// Drops idle keys now (the store also does this by itself when it fills up).
+    pub fn prune_idle(&self) {
+        self.store.prune();
+    }
+
+    /// Requests counted in an overflow bucket because their key did not fit.
+    pub fn overflowed(&self) -> u64 {
+        self.store
+            .stats
+            .overflowed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The window reported in `RateLimit-Policy` (`w`): the time to refill a whole burst.
+    pub fn window(&self) -> Duration {
+        self.interval * self.burst
+    }
+
+    /// The time one request's worth of quota takes to refill.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Counts one request; `None` if the request has no key for this policy.
+    pub fn check(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<RateLimitDecision> {
+        let key = self.spec.key(headers, extensions)?;
+        Some(self.check_key(&key))
+    }
+
+    /// Counts one request for `key`.
+    pub fn check_key(&self, key: &Key) -> RateLimitDecision {
+        let limit = u64::from(self.burst);
+        let decision = match self.limiter.check_key(key) {
+            Ok(snapshot) => RateLimitDecision::allowed(
+                self.name.to_string(),
+                self.spec.kind(),
+                limit,
+                u64::from(snapshot.remaining_burst_capacity()).min(limit),
+                self.window(),
+            ),
+            Err(not_until) => RateLimitDecision::limited(
+                self.name.to_string(),
+                self.spec.kind(),
+                limit,
+                self.window(),
+                not_until.wait_time_from(self.clock.now()),
+            ),
+        };
+        // The name was validated and the numbers are consistent by construction.
+        decision.unwrap_or_else(|_| fallback(&self.name))
+    }
+}
+
+fn fallback(name: &str) -> RateLimitDecision {
+    // Unreachable in practice (see `check_key`); reporting a limited decision fails closed.
+    RateLimitDecision::limited(
+        if validate_policy_name(name).is_ok() {
+            name
+        } else {
+            "invalid"
+        },
+        portcullis_core::KeyKind::Global,
+        1,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .unwrap_or_else(|_| fallback("invalid"))
+}
+
+/// Of several decisions, the one that decides: a limited one with the longest wait, else the
+/// allowed one with the least quota left (relative to its limit).
+pub fn most_restrictive(decisions: &[RateLimitDecision]) -> Option<&RateLimitDecision> {
+    decisions.iter().max_by(|a, b| {
+        let key = |d: &RateLimitDecision| {
+            (
+                d.is_limited(),
+                d.retry_after().unwrap_or_default(),
+                // Less remaining (as a share of the limit) is more restrictive.
+                std::cmp::Reverse(
+                    u128::from(d.remaining()) * 1_000_000 / u128::from(d.limit().max(1)),
+                ),
+            )
+        };
+        key(a).cmp(&key(b))
+    })
+}
+
+/// Brute-force throttling: counts responses with chosen statuses per key and, past a
+/// threshold, locks the key out for a cool-down, before its requests reach authentication.
+pub struct BruteForcePolicy<C: Clock> {
+    spec: KeySpec,
+    statuses: Vec<StatusCode>,
+    failures: Limiter<C, NoOpMiddleware<C::Instant>>,
+    lockout: Duration,
+    locked: Mutex<HashMap<Key, C::Instant>>,
+    max_locked: usize,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for BruteForcePolicy<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BruteForcePolicy")
+            .field("spec", &self.spec)
+            .field("statuses", &self.statuses)
+            .field("lockout", &self.lockout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Clock + Clone> BruteForcePolicy<C> {
+    /// Locks a key out for `lockout` once it has had more than `failures` responses with one
+    /// of `statuses` within `per`.
+    ///
+    /// # Errors
+    ///
+    /// If `per / failures` is zero or `statuses` is empty.
+    pub fn new(
+        spec: KeySpec,
+        statuses: Vec<StatusCode>,
+        failures: NonZeroU32,
+        per: Duration,
+        lockout: Duration,
+        max_keys: NonZeroUsize,
+        clock: C,
+    ) -> Result<Self, ValueError> {
+        if statuses.is_empty() {
+            return Err(ValueError::new("brute-force policy", "no status to count"));
+        }
+        let quota = Quota::with_period(per / failures.get())
+            .ok_or_else(|| {
+                ValueError::new(
+                    "brute-force policy",
+                    "the period divided by the failures is zero",
+                )
+            })?
+            .allow_burst(failures);
+        let store = Arc::new(BoundedStore::new(max_keys.get(), clock.clone()));
+        Ok(Self {
+            spec,
+            statuses,
+            failures: RateLimiter::new(quota, SharedStore(store), clock.clone()),
+            lockout,
+            locked: Mutex::new(HashMap::new()),
+            max_locked: max_keys.get(),
+            clock,
+        })
+    }
+
+    /// The key of a request.
+    pub fn key(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Key> {
+        self.spec.key(headers, extensions)
+    }
+
+    /// How much longer `key` is locked out, if it is.
+    pub fn locked_for(&self, key: &Key) -> Option<Duration> {
+        let now = self.clock.now();
+        let mut locked = self.locked.lock().ok()?;
+        let until = *locked.get(key)?;
+        if until > now {
+            return Some(Duration::from(until.duration_since(now)));
+        }
+        locked.remove(key);
+        None
+    }
+
+    /// Records a response status for `key`; returns whether this locked the key out.
+    pub fn record(&self, key: &Key, status: StatusCode) -> bool {
+        if !self.statuses.contains(&status) || self.failures.check_key(key).is_ok() {
+            return false;
+        }
+        let now = self.clock.now();
+        let Ok(mut locked) = self.locked.lock() else {
+            return false;
+        };
+        if locked.len() >= self.max_locked {
+            locked.retain(|_, until| *until > now);
+        }
+        if locked.len() >= self.max_locked && !locked.contains_key(key) {
+            // Every slot holds an active lock-out: this key stays subject to the ordinary
+            // rate limits only. Documented; the table stays bounded.
+            tracing::warn!("brute-force lock-out table full");
+            return false;
+        }
+        locked.insert(
+            key.clone(),
+            now + governor::nanos::Nanos::from(self.lockout),
+        );
+        true
+    }
+}
