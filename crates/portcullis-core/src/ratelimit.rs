@@ -1,6 +1,7 @@
 //! Rate-limit decisions and LLM token usage, left in extensions for the audit log.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -70,6 +71,9 @@ pub fn validate_policy_name(name: &str) -> Result<(), ValueError> {
 /// The decision of the rate-limit policy that decided a request: when several apply, the most
 /// restrictive one.
 ///
+/// The policy name is shared (`Arc<str>`), so a limiter reporting a decision per request does
+/// not allocate for it.
+///
 /// Invariants: `remaining <= limit`; a `Limited` decision has `remaining == 0` and a
 /// `retry_after`; an `Allowed` decision has none.
 ///
@@ -88,7 +92,8 @@ pub fn validate_policy_name(name: &str) -> Result<(), ValueError> {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RateLimitDecision {
-    policy: String,
+    #[serde(serialize_with = "serialize_arc_str")]
+    policy: Arc<str>,
     key_kind: KeyKind,
     outcome: Outcome,
     limit: u64,
@@ -101,6 +106,10 @@ pub struct RateLimitDecision {
         skip_serializing_if = "Option::is_none"
     )]
     retry_after: Option<Duration>,
+}
+
+fn serialize_arc_str<S: Serializer>(s: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(s)
 }
 
 fn secs_f64<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -123,7 +132,7 @@ impl RateLimitDecision {
     /// If the policy name is invalid ([`validate_policy_name`]), `limit` is 0, `remaining`
     /// exceeds `limit`, or `window` is zero.
     pub fn allowed(
-        policy: impl Into<String>,
+        policy: impl Into<Arc<str>>,
         key_kind: KeyKind,
         limit: u64,
         remaining: u64,
@@ -146,7 +155,7 @@ impl RateLimitDecision {
     ///
     /// As for [`allowed`](Self::allowed).
     pub fn limited(
-        policy: impl Into<String>,
+        policy: impl Into<Arc<str>>,
         key_kind: KeyKind,
         limit: u64,
         window: Duration,
@@ -164,7 +173,7 @@ impl RateLimitDecision {
     }
 
     fn checked(
-        policy: String,
+        policy: Arc<str>,
         key_kind: KeyKind,
         outcome: Outcome,
         limit: u64,

@@ -71,7 +71,22 @@ fn keyed_check(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, keyed_check);
+/// The same check with 1,000 keys (all in cache): the compute cost without memory latency.
+fn keyed_check_small(c: &mut Criterion) {
+    let p = policy();
+    for i in 0..1_000 {
+        p.check_key(&key(i));
+    }
+    let mut i = 0u32;
+    c.bench_function("ratelimit/check_key_1k_keys_present", |b| {
+        b.iter(|| {
+            i = (i + 7919) % 1_000;
+            black_box(p.check_key(&key(i)))
+        })
+    });
+}
+
+criterion_group!(benches, keyed_check, keyed_check_small);
 
 fn main() {
     memory_per_key();

@@ -126,14 +126,14 @@ impl<C: Clock + Clone> RateLimitPolicy<C> {
         let limit = u64::from(self.burst);
         let decision = match self.limiter.check_key(key) {
             Ok(snapshot) => RateLimitDecision::allowed(
-                self.name.to_string(),
+                Arc::clone(&self.name),
                 self.spec.kind(),
                 limit,
                 u64::from(snapshot.remaining_burst_capacity()).min(limit),
                 self.window(),
             ),
             Err(not_until) => RateLimitDecision::limited(
-                self.name.to_string(),
+                Arc::clone(&self.name),
                 self.spec.kind(),
                 limit,
                 self.window(),

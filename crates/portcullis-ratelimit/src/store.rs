@@ -3,6 +3,9 @@
 //! governor's own keyed store grows with every distinct key until the user prunes it. This one
 //! holds at most a configured number of keys, in 64 shards, and looks after itself:
 //!
+//! Keys are hashed with a per-process random seed (foldhash), so clients cannot choose keys
+//! that collide.
+//!
 //! - When a shard is full and a new key arrives, the shard first drops its idle keys: keys whose
 //!   bucket has fully refilled (their theoretical arrival time is in the past), which are
 //!   indistinguishable from keys never seen. Evicting them changes no decision.
@@ -13,8 +16,9 @@
 //!   does not turn every request into a scan.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +32,7 @@ const PRUNE_BACKOFF_NANOS: u64 = 100_000_000;
 
 #[derive(Debug)]
 struct Shard<K> {
-    map: HashMap<K, u64>,
+    map: HashMap<K, u64, RandomState>,
     overflow: Option<u64>,
     no_prune_before: u64,
 }
@@ -60,7 +64,7 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    map: HashMap::new(),
+                    map: HashMap::with_hasher(RandomState::default()),
                     overflow: None,
                     no_prune_before: 0,
                 })
@@ -70,7 +74,7 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
         Self {
             shards,
             per_shard,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             clock,
             start,
             stats: StoreStats::default(),
@@ -83,7 +87,8 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
 
     fn shard(&self, key: &K) -> Option<&Mutex<Shard<K>>> {
         let h = self.hasher.hash_one(key);
-        self.shards.get((h as usize) % SHARDS)
+        // The top bits pick the shard; each shard map hashes with its own seed.
+        self.shards.get((h >> 58) as usize % SHARDS)
     }
 
     /// Keys held now.
