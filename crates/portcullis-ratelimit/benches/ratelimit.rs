@@ -88,7 +88,84 @@ fn keyed_check_small(c: &mut Criterion) {
 
 criterion_group!(benches, keyed_check, keyed_check_small);
 
+/// Redis decisions per second from 64 concurrent callers on loopback (needs `redis-server`).
+fn redis_throughput() {
+    use portcullis_ratelimit::{FailureMode, RedisLimiter};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let Ok(mut child) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("redis: skipped, redis-server not found");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let redis = RedisLimiter::new(
+            &format!("redis://127.0.0.1:{port}/0"),
+            "bench",
+            Duration::from_millis(200),
+            FailureMode::FailClosed,
+        )
+        .unwrap();
+        let policy = Arc::new(policy().with_global(Arc::new(redis)));
+        let done = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let window = Duration::from_secs(3);
+        let start = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for caller in 0..64u32 {
+            let (policy, done, errors) =
+                (Arc::clone(&policy), Arc::clone(&done), Arc::clone(&errors));
+            tasks.spawn(async move {
+                let mut i = caller;
+                while start.elapsed() < window {
+                    i = i.wrapping_add(64);
+                    match policy.check_key_global(&key(i % 10_000)).await {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "redis: {:.0} decisions/s from 64 concurrent callers over {secs:.1} s ({} errors)",
+            done.load(Ordering::Relaxed) as f64 / secs,
+            errors.load(Ordering::Relaxed)
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn main() {
+    redis_throughput();
     memory_per_key();
     benches();
     criterion::Criterion::default()

@@ -8,6 +8,7 @@ use http::{HeaderName, StatusCode};
 use portcullis_core::{ConfigError, duration};
 use serde::{Deserialize, Serialize};
 
+use crate::global::{FailureMode, RedisLimiter};
 use crate::key::KeySpec;
 use crate::layer::RateLimitLayer;
 use crate::policy::{BruteForcePolicy, RateLimitPolicy};
@@ -114,6 +115,45 @@ pub struct PolicyConfig {
     /// The most keys tracked (default 100,000).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Decide this policy in Redis, shared by every replica (needs `redis`).
+    #[serde(default)]
+    pub global: bool,
+}
+
+/// The Redis shared by replicas for global policies.
+///
+/// ```yaml
+/// redis: { url: "redis://redis.portcullis.svc:6379/0", timeout: 20ms, failureMode: failOpen }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// The key prefix (default `portcullis`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// The per-call timeout (default 20 ms).
+    #[serde(default = "default_redis_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// What happens when Redis cannot answer (default `failOpen`: decide locally).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// How long Redis is left alone after a failure (default 1 s).
+    #[serde(default = "default_backoff", with = "duration")]
+    pub backoff: Duration,
+}
+
+fn default_prefix() -> String {
+    "portcullis".into()
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(20)
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_max_keys() -> usize {
@@ -168,6 +208,9 @@ pub struct RateLimitConfig {
     /// Brute-force throttling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brute_force: Option<BruteForceConfig>,
+    /// Redis for global policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
 }
 
 fn yes() -> bool {
@@ -192,6 +235,22 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
                 "add a policy or `bruteForce`",
             ));
         }
+        let redis = match &config.redis {
+            None => None,
+            Some(r) => {
+                if r.timeout.is_zero() {
+                    return Err(ConfigError::new(
+                        "redis.timeout",
+                        "zero",
+                        "use a few milliseconds, e.g. 20ms",
+                    ));
+                }
+                let limiter = RedisLimiter::new(&r.url, &r.prefix, r.timeout, r.failure_mode)
+                    .map_err(|e| ConfigError::new("redis.url", e, "write `redis://host:port/db`"))?
+                    .with_backoff(r.backoff);
+                Some(std::sync::Arc::new(limiter))
+            }
+        };
         let mut policies = Vec::with_capacity(config.policies.len());
         for (i, p) in config.policies.iter().enumerate() {
             let field = |n: &str| format!("policies[{i}].{n}");
@@ -227,6 +286,17 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
             })?;
             let policy = RateLimitPolicy::new(&p.name, spec(&field("key"), &p.key, p.ipv6_prefix)?, requests, p.per, burst, max_keys, clock.clone())
                 .map_err(|e| ConfigError::new(format!("policies[{i}]"), e.to_string(), "use a name of letters, digits, `.`, `-`, `_`, and a period longer than the requests count in nanoseconds"))?;
+            let policy = match (p.global, &redis) {
+                (false, _) => policy,
+                (true, Some(r)) => policy.with_global(std::sync::Arc::clone(r)),
+                (true, None) => {
+                    return Err(ConfigError::new(
+                        field("global"),
+                        "the policy is global but no Redis is configured",
+                        "configure `redis`, or set `global: false`",
+                    ));
+                }
+            };
             policies.push(policy);
         }
         let brute_force = match &config.brute_force {

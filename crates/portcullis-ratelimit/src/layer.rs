@@ -172,13 +172,17 @@ impl<S, C: Clock> RateLimit<S, C> {
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     C: Clock + Clone + Send + Sync + 'static,
-    ResBody: From<Bytes>,
+    C::Instant: Send + Sync,
+    ReqBody: Send + 'static,
+    ResBody: From<Bytes> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody, C>;
+    type Future = ResponseFuture<S::Future, ResBody, C, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -198,47 +202,110 @@ where
                 .into_response();
             return ResponseFuture::rejected(response);
         }
-        let mut decisions = Vec::with_capacity(limits.policies.len());
-        let mut intervals = Vec::with_capacity(limits.policies.len());
-        for policy in &limits.policies {
-            if let Some(d) = policy.check(request.headers(), request.extensions()) {
-                decisions.push(d);
-                intervals.push(policy.interval());
-            }
+        let keyed: Vec<(usize, Key)> = limits
+            .policies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                p.key(request.headers(), request.extensions())
+                    .map(|k| (i, k))
+            })
+            .collect();
+        let bf = bf_key.map(|k| (Arc::clone(&self.limits), k));
+        if !keyed.iter().any(|(i, _)| {
+            limits
+                .policies
+                .get(*i)
+                .is_some_and(RateLimitPolicy::is_global)
+        }) {
+            let decisions = keyed
+                .iter()
+                .filter_map(|(i, k)| {
+                    limits
+                        .policies
+                        .get(*i)
+                        .map(|p| (p.interval(), p.check_key(k)))
+                })
+                .collect();
+            return match decide(limits, decisions, bf) {
+                Err(response) => ResponseFuture::rejected(response),
+                Ok(after) => ResponseFuture {
+                    state: State::Inner {
+                        future: self.inner.call(request),
+                        after: Some(after),
+                    },
+                },
+            };
         }
-        let deciding = most_restrictive(&decisions).cloned();
-        let interval = deciding
-            .as_ref()
-            .and_then(|d| decisions.iter().position(|x| x == d))
-            .and_then(|i| intervals.get(i).copied())
-            .unwrap_or_default();
-        if let Some(d) = deciding.as_ref().filter(|d| d.is_limited()) {
-            let mut problem =
-                Problem::new(Reason::RateLimited).retry_after(d.retry_after().unwrap_or_default());
-            for (name, value) in ratelimit_headers(d, interval) {
-                problem = problem.header(name, value);
-            }
-            let mut response: Response<ResBody> = problem.into_response();
-            response.extensions_mut().insert(d.clone());
-            return ResponseFuture::rejected(response);
-        }
-        let mut headers = HeaderMap::new();
-        if let Some(d) = &deciding
-            && limits.headers_on_success
-        {
-            headers.extend(ratelimit_headers(d, interval));
-        }
+        // A global policy needs Redis: the service made ready goes with the request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = Arc::clone(&self.limits);
         ResponseFuture {
-            state: State::Inner {
-                future: self.inner.call(request),
-                after: Some(After {
-                    decision: deciding,
-                    headers,
-                    brute_force: bf_key.map(|k| (Arc::clone(&self.limits), k)),
+            state: State::Waiting {
+                future: Box::pin(async move {
+                    let mut decisions = Vec::with_capacity(keyed.len());
+                    for (i, key) in &keyed {
+                        let Some(policy) = limits.policies.get(*i) else {
+                            continue;
+                        };
+                        match policy.check_key_global(key).await {
+                            Ok(d) => decisions.push((policy.interval(), d)),
+                            Err(_) => {
+                                return Ok(
+                                    Problem::new(Reason::RateLimitUnavailable).into_response()
+                                );
+                            }
+                        }
+                    }
+                    match decide(&limits, decisions, bf) {
+                        Err(response) => Ok(response),
+                        Ok(after) => {
+                            let mut response = inner.call(request).await?;
+                            after.apply(&mut response);
+                            Ok(response)
+                        }
+                    }
                 }),
             },
         }
     }
+}
+
+/// The deciding policy's verdict: a `429` response, or what to add to the inner response.
+fn decide<B: From<Bytes>, C: Clock>(
+    limits: &Limits<C>,
+    decisions: Vec<(Duration, RateLimitDecision)>,
+    brute_force: Option<(Arc<Limits<C>>, Key)>,
+) -> Result<After<C>, Response<B>> {
+    let only: Vec<RateLimitDecision> = decisions.iter().map(|(_, d)| d.clone()).collect();
+    let deciding = most_restrictive(&only).cloned();
+    let interval = deciding
+        .as_ref()
+        .and_then(|d| decisions.iter().find(|(_, x)| x == d))
+        .map(|(i, _)| *i)
+        .unwrap_or_default();
+    if let Some(d) = deciding.as_ref().filter(|d| d.is_limited()) {
+        let mut problem =
+            Problem::new(Reason::RateLimited).retry_after(d.retry_after().unwrap_or_default());
+        for (name, value) in ratelimit_headers(d, interval) {
+            problem = problem.header(name, value);
+        }
+        let mut response: Response<B> = problem.into_response();
+        response.extensions_mut().insert(d.clone());
+        return Err(response);
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(d) = &deciding
+        && limits.headers_on_success
+    {
+        headers.extend(ratelimit_headers(d, interval));
+    }
+    Ok(After {
+        decision: deciding,
+        headers,
+        brute_force,
+    })
 }
 
 struct After<C: Clock> {
@@ -247,23 +314,40 @@ struct After<C: Clock> {
     brute_force: Option<(Arc<Limits<C>>, Key)>,
 }
 
+impl<C: Clock + Clone> After<C> {
+    fn apply<B>(self, response: &mut Response<B>) {
+        if let Some((limits, key)) = &self.brute_force
+            && let Some(bf) = &limits.brute_force
+        {
+            bf.record(key, response.status());
+        }
+        response.headers_mut().extend(self.headers);
+        if let Some(d) = self.decision {
+            response.extensions_mut().insert(d);
+        }
+    }
+}
+
+type Waiting<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
 pin_project! {
     /// Response future of [`RateLimit`].
-    pub struct ResponseFuture<F, B, C: Clock> {
+    pub struct ResponseFuture<F, B, C: Clock, E> {
         #[pin]
-        state: State<F, B, C>,
+        state: State<F, B, C, E>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B, C: Clock> {
+    enum State<F, B, C: Clock, E> {
         Inner { #[pin] future: F, after: Option<After<C>> },
         Rejected { response: Option<Response<B>> },
+        Waiting { future: Waiting<B, E> },
     }
 }
 
-impl<F, B, C: Clock> ResponseFuture<F, B, C> {
+impl<F, B, C: Clock, E> ResponseFuture<F, B, C, E> {
     fn rejected(response: Response<B>) -> Self {
         Self {
             state: State::Rejected {
@@ -273,7 +357,7 @@ impl<F, B, C: Clock> ResponseFuture<F, B, C> {
     }
 }
 
-impl<F, B, E, C> Future for ResponseFuture<F, B, C>
+impl<F, B, E, C> Future for ResponseFuture<F, B, C, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
     C: Clock + Clone,
@@ -286,6 +370,7 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,
             },
+            StateProj::Waiting { future } => future.as_mut().poll(cx),
             StateProj::Inner { future, after } => {
                 let mut response = match future.poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -293,15 +378,7 @@ where
                     Poll::Ready(Ok(r)) => r,
                 };
                 if let Some(after) = after.take() {
-                    if let Some((limits, key)) = &after.brute_force
-                        && let Some(bf) = &limits.brute_force
-                    {
-                        bf.record(key, response.status());
-                    }
-                    response.headers_mut().extend(after.headers);
-                    if let Some(d) = after.decision {
-                        response.extensions_mut().insert(d);
-                    }
+                    after.apply(&mut response);
                 }
                 Poll::Ready(Ok(response))
             }
@@ -309,7 +386,7 @@ where
     }
 }
 
-impl<F, B, C: Clock> fmt::Debug for ResponseFuture<F, B, C> {
+impl<F, B, C: Clock, E> fmt::Debug for ResponseFuture<F, B, C, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

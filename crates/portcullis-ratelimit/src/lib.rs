@@ -39,18 +39,24 @@
 //! ```
 
 mod config;
+mod global;
 mod key;
 mod layer;
 mod policy;
 mod store;
 
-pub use config::{BruteForceConfig, KeyConfig, KeyName, PolicyConfig, RateLimitConfig};
+pub use config::{
+    BruteForceConfig, KeyConfig, KeyName, PolicyConfig, RateLimitConfig, RedisConfig,
+};
+pub use global::{FailureMode, RedisLimiter, RedisUnavailable};
 pub use governor::clock::{DefaultClock, FakeRelativeClock};
 pub use key::{Key, KeySpec};
 pub use layer::{
     RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer, ResponseFuture, ratelimit_headers,
 };
-pub use policy::{BruteForcePolicy, RateLimitPolicy, most_restrictive};
+pub use policy::{BruteForcePolicy, GlobalUnavailable, RateLimitPolicy, most_restrictive};
 
+#[cfg(test)]
+mod redis_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use governor::{Quota, RateLimiter};
 use http::{Extensions, HeaderMap, StatusCode};
 use portcullis_core::{RateLimitDecision, ValueError, validate_policy_name};
 
+use crate::global::{FailureMode, RedisLimiter, Verdict};
 use crate::key::{Key, KeySpec};
 use crate::store::{BoundedStore, SharedStore};
 
@@ -25,7 +26,12 @@ pub struct RateLimitPolicy<C: Clock> {
     limiter: Limiter<C, StateInformationMiddleware>,
     store: Arc<BoundedStore<Key, C>>,
     clock: C,
+    global: Option<Arc<RedisLimiter>>,
 }
+
+/// Redis gave no decision and the policy fails closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalUnavailable;
 
 impl<C: Clock> std::fmt::Debug for RateLimitPolicy<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,7 +80,71 @@ impl<C: Clock + Clone> RateLimitPolicy<C> {
             limiter,
             store,
             clock,
+            global: None,
         })
+    }
+
+    /// Decides this policy in Redis, shared by every replica using the same Redis and name
+    /// (see [`RedisLimiter`] for what happens when Redis is unavailable).
+    #[must_use]
+    pub fn with_global(mut self, redis: Arc<RedisLimiter>) -> Self {
+        self.global = Some(redis);
+        self
+    }
+
+    /// Whether this policy is decided in Redis.
+    pub fn is_global(&self) -> bool {
+        self.global.is_some()
+    }
+
+    /// The key of a request for this policy.
+    pub fn key(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Key> {
+        self.spec.key(headers, extensions)
+    }
+
+    /// Counts one request for `key`, in Redis for a global policy. When Redis gives no
+    /// decision, a fail-open policy decides locally and a fail-closed one returns
+    /// [`GlobalUnavailable`].
+    ///
+    /// # Errors
+    ///
+    /// [`GlobalUnavailable`] as above.
+    pub async fn check_key_global(
+        &self,
+        key: &Key,
+    ) -> Result<RateLimitDecision, GlobalUnavailable> {
+        let Some(redis) = &self.global else {
+            return Ok(self.check_key(key));
+        };
+        let limit = u64::from(self.burst);
+        match redis
+            .check(&self.name, key, self.interval, self.burst, 1)
+            .await
+        {
+            Ok(Verdict::Allowed { remaining }) => Ok(RateLimitDecision::allowed(
+                Arc::clone(&self.name),
+                self.spec.kind(),
+                limit,
+                remaining.min(limit),
+                self.window(),
+            )
+            .unwrap_or_else(|_| fallback(&self.name))),
+            Ok(Verdict::Limited { wait }) => Ok(RateLimitDecision::limited(
+                Arc::clone(&self.name),
+                self.spec.kind(),
+                limit,
+                self.window(),
+                wait,
+            )
+            .unwrap_or_else(|_| fallback(&self.name))),
+            Err(err) => {
+                tracing::warn!(policy = %self.name, error = %err, mode = ?redis.failure_mode(), "global rate limit unavailable");
+                match redis.failure_mode() {
+                    FailureMode::FailClosed => Err(GlobalUnavailable),
+                    _ => Ok(self.check_key(key)),
+                }
+            }
+        }
     }
 
     /// The policy's name.
