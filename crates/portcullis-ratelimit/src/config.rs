@@ -88,6 +88,11 @@ fn spec(field: &str, key: &KeyConfig, ipv6_prefix: Option<u8>) -> Result<KeySpec
     })
 }
 
+/// The key spec of a configured key (no IPv6 grouping).
+pub(crate) fn spec_for(field: &str, key: &KeyConfig) -> Result<KeySpec, ConfigError> {
+    spec(field, key, None)
+}
+
 /// One policy.
 ///
 /// ```yaml

@@ -38,6 +38,8 @@
 //! # }
 //! ```
 
+mod budget;
+mod budget_layer;
 mod config;
 mod global;
 mod key;
@@ -45,6 +47,14 @@ mod layer;
 mod policy;
 mod store;
 
+pub use budget::{
+    Api, BudgetStore, Reservation, SystemWallClock, WallClock, Window, delta_text, estimate_tokens,
+    request_estimate, usage_of,
+};
+pub use budget_layer::{
+    BudgetBody, BudgetConfig, CUT_OFF_EVENT, SseState, TokenBudget, TokenBudgetConfig,
+    TokenBudgetLayer,
+};
 pub use config::{
     BruteForceConfig, KeyConfig, KeyName, PolicyConfig, RateLimitConfig, RedisConfig,
 };
@@ -56,6 +66,8 @@ pub use layer::{
 };
 pub use policy::{BruteForcePolicy, GlobalUnavailable, RateLimitPolicy, most_restrictive};
 
+#[cfg(test)]
+mod budget_tests;
 #[cfg(test)]
 mod redis_tests;
 #[cfg(test)]
