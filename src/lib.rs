@@ -7,9 +7,10 @@
 //! |---|---|---|
 //! | [`core`] | `portcullis-core`: the vocabulary layers exchange through extensions, problem responses, client-address resolution | `core` |
 //! | [`ztls`] | `portcullis-ztls`: rustls mTLS server configs with SNI, CRLs and hot reload; the handshake's identity in every request; SPIFFE/SAN policy layer | `ztls` |
+//! | [`ratelimit`] | `portcullis-ratelimit`: keyed GCRA policies (local and Redis), brute-force lock-outs, LLM token budgets | `ratelimit` |
 //! | [`authn`] | `portcullis-authn`: JWT + JWKS (OIDC discovery), API keys, client certificates, claims-based authorization | `authn` |
 //!
-//! Rate limiting, the WAF and audit join this table as their crates land; see
+//! The WAF and audit join this table as their crates land; see
 //! the changelog.
 //!
 //! # Example
@@ -32,3 +33,7 @@ pub use portcullis_authn as authn;
 #[cfg(feature = "ztls")]
 #[doc(inline)]
 pub use portcullis_ztls as ztls;
+
+#[cfg(feature = "ratelimit")]
+#[doc(inline)]
+pub use portcullis_ratelimit as ratelimit;
