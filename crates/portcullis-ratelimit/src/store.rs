@@ -4,7 +4,7 @@
 //! holds at most a configured number of keys, in 64 shards, and looks after itself:
 //!
 //! Keys are hashed with a per-process random seed (foldhash), so clients cannot choose keys
-//! that collide.
+//! that collide, and only the 64-bit hash and the GCRA state are kept: 16 bytes a slot.
 //!
 //! - When a shard is full and a new key arrives, the shard first drops its idle keys: keys whose
 //!   bucket has fully refilled (their theoretical arrival time is in the past), which are
@@ -15,7 +15,6 @@
 //!   After a prune that freed little, the next prune of that shard waits a moment, so a flood
 //!   does not turn every request into a scan.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
 use foldhash::fast::RandomState;
@@ -30,9 +29,88 @@ const SHARDS: usize = 64;
 /// How long a shard waits before pruning again after a prune that freed little.
 const PRUNE_BACKOFF_NANOS: u64 = 100_000_000;
 
+/// An open-addressing table of `(fingerprint, TAT)` slots with linear probing. A fingerprint
+/// is the key's 64-bit keyed hash (never 0, which marks an empty slot); keys themselves are not
+/// stored, so a slot is 16 bytes and a lookup usually touches one cache line. Two keys with the
+/// same fingerprint would share a bucket: with a per-process random seed, the chance among a
+/// million keys is about 3 in 100 million, and clients cannot aim for it.
+#[derive(Debug, Default)]
+struct Table {
+    slots: Vec<[u64; 2]>,
+    len: usize,
+}
+
+impl Table {
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// `Ok(index)` of the slot holding `fp`, or `Err(index)` of the empty slot where it goes.
+    fn find(&self, fp: u64) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = (fp as usize) & mask;
+        // The table is never more than 3/4 full, so an empty slot ends every probe.
+        for _ in 0..self.slots.len() {
+            match self.slots.get(i) {
+                Some([f, _]) if *f == fp => return Ok(i),
+                Some([0, _]) | None => return Err(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+        Err(usize::MAX)
+    }
+
+    fn get_mut(&mut self, fp: u64) -> Option<&mut u64> {
+        let i = self.find(fp).ok()?;
+        self.slots.get_mut(i).map(|s| &mut s[1])
+    }
+
+    fn insert(&mut self, fp: u64, tat: u64) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        if let Err(i) = self.find(fp)
+            && let Some(slot) = self.slots.get_mut(i)
+        {
+            *slot = [fp, tat];
+            self.len += 1;
+        }
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![[0, 0]; cap]);
+        self.len = 0;
+        for [fp, tat] in old {
+            if fp != 0 {
+                self.insert(fp, tat);
+            }
+        }
+    }
+
+    /// Keeps the slots whose TAT passes `keep`; returns how many were dropped.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) -> usize {
+        let before = self.len;
+        let live: Vec<[u64; 2]> = self
+            .slots
+            .iter()
+            .copied()
+            .filter(|[fp, tat]| *fp != 0 && keep(*tat))
+            .collect();
+        for slot in &mut self.slots {
+            *slot = [0, 0];
+        }
+        self.len = 0;
+        for [fp, tat] in live {
+            self.insert(fp, tat);
+        }
+        before - self.len
+    }
+}
+
 #[derive(Debug)]
-struct Shard<K> {
-    map: HashMap<K, u64, RandomState>,
+struct Shard {
+    table: Table,
     overflow: Option<u64>,
     no_prune_before: u64,
 }
@@ -47,12 +125,13 @@ pub(crate) struct StoreStats {
 /// A keyed GCRA state store holding at most about `capacity` keys.
 #[derive(Debug)]
 pub(crate) struct BoundedStore<K, C: Clock> {
-    shards: Box<[Mutex<Shard<K>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: RandomState,
     clock: C,
     start: C::Instant,
     pub(crate) stats: StoreStats,
+    _keys: std::marker::PhantomData<fn(&K)>,
 }
 
 impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
@@ -64,7 +143,7 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    map: HashMap::with_hasher(RandomState::default()),
+                    table: Table::default(),
                     overflow: None,
                     no_prune_before: 0,
                 })
@@ -78,6 +157,7 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
             clock,
             start,
             stats: StoreStats::default(),
+            _keys: std::marker::PhantomData,
         }
     }
 
@@ -85,17 +165,20 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
         self.clock.now().duration_since(self.start).as_u64()
     }
 
-    fn shard(&self, key: &K) -> Option<&Mutex<Shard<K>>> {
-        let h = self.hasher.hash_one(key);
-        // The top bits pick the shard; each shard map hashes with its own seed.
-        self.shards.get((h >> 58) as usize % SHARDS)
+    /// The key's fingerprint (never 0) and its shard (picked by the top bits; the table
+    /// index uses the low bits).
+    fn locate(&self, key: &K) -> Option<(u64, &Mutex<Shard>)> {
+        let fp = self.hasher.hash_one(key).max(1);
+        self.shards
+            .get((fp >> 58) as usize % SHARDS)
+            .map(|s| (fp, s))
     }
 
     /// Keys held now.
     pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
-            .filter_map(|s| s.lock().ok().map(|s| s.map.len()))
+            .filter_map(|s| s.lock().ok().map(|s| s.table.len))
             .sum()
     }
 
@@ -109,11 +192,10 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
         let now = self.now();
         for shard in self.shards.iter() {
             if let Ok(mut s) = shard.lock() {
-                let before = s.map.len();
-                s.map.retain(|_, tat| *tat > now);
+                let dropped = s.table.retain(|tat| tat > now);
                 self.stats
                     .evicted
-                    .fetch_add((before - s.map.len()) as u64, Ordering::Relaxed);
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
             }
         }
     }
@@ -139,26 +221,24 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        // A poisoned shard lock means a panic elsewhere while holding it; the map itself is
-        // still consistent (every update is a single insert), so keep using it.
-        let Some(shard) = self.shard(key) else {
+        // A poisoned shard lock means a panic elsewhere while holding it; the table itself is
+        // still consistent (every update is a single slot write), so keep using it.
+        let Some((fp, shard)) = self.locate(key) else {
             return f(None).map(|(t, _)| t);
         };
         let mut s = match shard.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(tat) = s.map.get_mut(key) {
+        if let Some(tat) = s.table.get_mut(fp) {
             let (t, new) = f(Some(Nanos::new(*tat)))?;
             *tat = new.as_u64();
             return Ok(t);
         }
-        if s.map.len() >= self.per_shard {
+        if s.table.len >= self.per_shard {
             let now = self.now();
             if now >= s.no_prune_before {
-                let before = s.map.len();
-                s.map.retain(|_, tat| *tat > now);
-                let freed = before - s.map.len();
+                let freed = s.table.retain(|tat| tat > now);
                 self.stats
                     .evicted
                     .fetch_add(freed as u64, Ordering::Relaxed);
@@ -167,14 +247,14 @@ impl<K: Hash + Eq + Clone, C: Clock> BoundedStore<K, C> {
                 }
             }
         }
-        if s.map.len() >= self.per_shard {
+        if s.table.len >= self.per_shard {
             self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
             let (t, new) = f(s.overflow.map(Nanos::new))?;
             s.overflow = Some(new.as_u64());
             return Ok(t);
         }
         let (t, new) = f(None)?;
-        s.map.insert(key.clone(), new.as_u64());
+        s.table.insert(fp, new.as_u64());
         Ok(t)
     }
 }
@@ -206,6 +286,34 @@ mod tests {
             RateLimiter::new(quota, SharedStore(Arc::clone(&store)), clock.clone()),
             store,
         )
+    }
+
+    #[test]
+    fn the_table_finds_grows_and_retains() {
+        let mut t = Table::default();
+        assert!(t.get_mut(5).is_none());
+        for fp in 1..=10_000u64 {
+            t.insert(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1), fp);
+        }
+        assert_eq!(t.len, 10_000);
+        assert!(t.len * 4 <= t.slots.len() * 3);
+        for fp in 1..=10_000u64 {
+            assert_eq!(
+                t.get_mut(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1))
+                    .copied(),
+                Some(fp)
+            );
+        }
+        assert_eq!(t.retain(|tat| tat % 2 == 0), 5_000);
+        assert_eq!(t.len, 5_000);
+        assert_eq!(
+            t.get_mut(2u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)).copied(),
+            Some(2)
+        );
+        assert!(
+            t.get_mut(3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .is_none()
+        );
     }
 
     #[test]
