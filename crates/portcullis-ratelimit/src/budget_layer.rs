@@ -21,8 +21,9 @@ use crate::budget::{
     Api, BudgetStore, Reservation, SystemWallClock, WallClock, Window, delta_text, estimate_tokens,
     request_estimate, usage_of,
 };
-use crate::config::KeyConfig;
-use crate::key::KeySpec;
+use crate::config::{KeyConfig, RedisConfig};
+use crate::global::{FailureMode, RedisLimiter};
+use crate::key::{Key, KeySpec};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,7 +68,37 @@ pub struct TokenBudgetConfig {
         with = "opt_duration"
     )]
     pub max_retry_after: Option<Duration>,
+    /// Share the budgets across replicas through this Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
 }
+
+/// Reserves `ARGV[1]` tokens in every window counter of KEYS (limits and TTLs in ms follow in
+/// ARGV), all or nothing. Returns {1, least tokens left} or {0, index of the full window}.
+const RESERVE: &str = r"
+local tokens = tonumber(ARGV[1])
+for i, k in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local spent = tonumber(redis.call('GET', k) or '0')
+  if spent + tokens > limit then return {0, i} end
+end
+local least = -1
+for i, k in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local spent = redis.call('INCRBY', k, tokens)
+  redis.call('PEXPIRE', k, tonumber(ARGV[2 * i + 1]))
+  if least < 0 or limit - spent < least then least = limit - spent end
+end
+return {1, least}
+";
+
+/// Adds `ARGV[1]` (possibly negative) to every window counter of KEYS that still exists.
+const SETTLE: &str = r"
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then redis.call('INCRBY', k, ARGV[1]) end
+end
+return {1}
+";
 
 mod opt_duration {
     use std::time::Duration;
@@ -116,9 +147,17 @@ fn default_keys() -> usize {
     100_000
 }
 
+struct Global {
+    redis: Arc<RedisLimiter>,
+    limits: Vec<(Window, u64)>,
+    reserve: redis::Script,
+    settle: redis::Script,
+}
+
 struct Budgets {
     spec: KeySpec,
     store: BudgetStore,
+    global: Option<Global>,
     default_max_tokens: u64,
     cut_off: bool,
     max_body: usize,
@@ -203,10 +242,26 @@ impl TokenBudgetLayer {
             ));
         }
         let spec = crate::config::spec_for("key", &config.key)?;
+        let global = match &config.redis {
+            None => None,
+            Some(r) => Some(Global {
+                redis: Arc::new(
+                    RedisLimiter::new(&r.url, &r.prefix, r.timeout, r.failure_mode)
+                        .map_err(|e| {
+                            ConfigError::new("redis.url", e, "write `redis://host:port/db`")
+                        })?
+                        .with_backoff(r.backoff),
+                ),
+                limits: limits.clone(),
+                reserve: redis::Script::new(RESERVE),
+                settle: redis::Script::new(SETTLE),
+            }),
+        };
         Ok(Self {
             budgets: Arc::new(Budgets {
                 spec,
                 store: BudgetStore::new(limits, config.max_keys),
+                global,
                 default_max_tokens: config.default_max_tokens,
                 cut_off: config.cut_off_streams,
                 max_body: config.max_body,
@@ -326,30 +381,35 @@ where
                 return Ok(problem(Reason::MalformedRequest, None));
             };
             let now = budgets.clock.now_unix();
-            let reservation =
-                match budgets
-                    .store
-                    .reserve(&key, prompt.saturating_add(completion), now)
-                {
-                    Ok(r) => r,
-                    Err(wait) => {
-                        let wait = budgets.max_retry_after.map_or(wait, |m| wait.min(m));
-                        return Ok(problem(Reason::TokenBudgetExceeded, Some(wait)));
-                    }
-                };
-            let available_after = budgets.store.available(&key, now).0;
+            let reserved = budgets
+                .reserve(&key, prompt.saturating_add(completion), now)
+                .await;
+            let (made, available_after) = match reserved {
+                Ok(held) => held,
+                Err(Refused::Exceeded(wait)) => {
+                    let wait = budgets.max_retry_after.map_or(wait, |m| wait.min(m));
+                    return Ok(problem(Reason::TokenBudgetExceeded, Some(wait)));
+                }
+                Err(Refused::Unavailable) => {
+                    return Ok(problem(Reason::RateLimitUnavailable, None));
+                }
+            };
+            let mut reservation = Held {
+                budgets: Arc::clone(&budgets),
+                inner: Some(made),
+            };
             let response = match inner
                 .call(Request::from_parts(parts, Either::Left(Full::new(bytes))))
                 .await
             {
                 Ok(r) => r,
                 Err(e) => {
-                    budgets.store.settle(&reservation, 0);
+                    reservation.settle(0);
                     return Err(e);
                 }
             };
             if !response.status().is_success() {
-                budgets.store.settle(&reservation, 0);
+                reservation.settle(0);
                 return Ok(response.map(|body| BudgetBody::Pass { body }));
             }
             let streaming = response
@@ -369,7 +429,7 @@ where
                 let allowance = reservation.tokens().saturating_add(available_after);
                 let sse = SseState {
                     budgets,
-                    reservation: Some(reservation),
+                    reservation,
                     prompt_estimate: prompt,
                     allowance,
                     streamed: 0,
@@ -390,7 +450,8 @@ where
                 Ok(c) => c.to_bytes(),
                 Err(_) => {
                     // Unreadable or oversized: charge the reservation, fail the exchange.
-                    budgets.store.settle(&reservation, reservation.tokens());
+                    let tokens = reservation.tokens();
+                    reservation.settle(tokens);
                     return Ok(problem(Reason::UpstreamError, None));
                 }
             };
@@ -403,7 +464,7 @@ where
                 (None, Some(c)) => TokenUsage::new(prompt, c, UsageSource::Reported),
                 (None, None) => TokenUsage::new(prompt, completion, UsageSource::Estimated),
             };
-            budgets.store.settle(&reservation, recorded.total());
+            reservation.settle(recorded.total());
             parts.extensions.insert(recorded);
             Ok(Response::from_parts(
                 parts,
@@ -415,10 +476,120 @@ where
     }
 }
 
+/// Why a reservation was not made.
+enum Refused {
+    Exceeded(Duration),
+    Unavailable,
+}
+
+/// Where a reservation was made.
+enum Made {
+    Local(Reservation),
+    Global { keys: Vec<String>, tokens: u64 },
+}
+
+/// A reservation to settle once (settling again does nothing).
+struct Held {
+    budgets: Arc<Budgets>,
+    inner: Option<Made>,
+}
+
+impl Held {
+    fn tokens(&self) -> u64 {
+        match &self.inner {
+            Some(Made::Local(r)) => r.tokens(),
+            Some(Made::Global { tokens, .. }) => *tokens,
+            None => 0,
+        }
+    }
+
+    fn settle(&mut self, used: u64) {
+        match self.inner.take() {
+            None => {}
+            Some(Made::Local(r)) => self.budgets.store.settle(&r, used),
+            Some(Made::Global { keys, tokens }) => {
+                let Some(global) = &self.budgets.global else {
+                    return;
+                };
+                let delta = i64::try_from(used).unwrap_or(i64::MAX)
+                    - i64::try_from(tokens).unwrap_or(i64::MAX);
+                if delta == 0 {
+                    return;
+                }
+                let (redis, script) = (Arc::clone(&global.redis), global.settle.clone());
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Err(e) = redis.eval(&script, &keys, &[delta]).await {
+                            tracing::warn!(error = %e, "token budget settlement not recorded in Redis");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Budgets {
+    /// Reserves `tokens` for `key`, in Redis when configured (falling back or failing per the
+    /// failure mode), returning the reservation and the least tokens left afterwards.
+    async fn reserve(&self, key: &Key, tokens: u64, now: u64) -> Result<(Made, u64), Refused> {
+        let local = || {
+            self.store
+                .reserve(key, tokens, now)
+                .map(|r| (Made::Local(r), self.store.available(key, now).0))
+                .map_err(Refused::Exceeded)
+        };
+        let Some(global) = &self.global else {
+            return local();
+        };
+        let mut keys = Vec::with_capacity(global.limits.len());
+        let mut args = vec![i64::try_from(tokens).unwrap_or(i64::MAX)];
+        let mut ends = Vec::with_capacity(global.limits.len());
+        for (window, limit) in &global.limits {
+            let (start, end) = window.bounds(now);
+            keys.push(
+                global
+                    .redis
+                    .key_name(&format!("budget:{window:?}:{start}"), key),
+            );
+            args.push(i64::try_from(*limit).unwrap_or(i64::MAX));
+            // Keep the counter a little past its window so late settlements still land.
+            args.push(i64::try_from((end.saturating_sub(now) + 60) * 1000).unwrap_or(i64::MAX));
+            ends.push(end);
+        }
+        match global.redis.eval(&global.reserve, &keys, &args).await {
+            Ok(reply) => match reply.as_slice() {
+                [1, left] => Ok((
+                    Made::Global { keys, tokens },
+                    u64::try_from(*left).unwrap_or(0),
+                )),
+                [0, index] => {
+                    let end = usize::try_from(*index)
+                        .ok()
+                        .and_then(|i| ends.get(i.saturating_sub(1)))
+                        .copied()
+                        .unwrap_or(now + 1);
+                    Err(Refused::Exceeded(Duration::from_secs(
+                        end.saturating_sub(now).max(1),
+                    )))
+                }
+                _ => Err(Refused::Unavailable),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "global token budget unavailable");
+                match global.redis.failure_mode() {
+                    FailureMode::FailClosed => Err(Refused::Unavailable),
+                    _ => local(),
+                }
+            }
+        }
+    }
+}
+
 /// Accounting state of a streamed response (opaque).
 pub struct SseState {
     budgets: Arc<Budgets>,
-    reservation: Option<Reservation>,
+    reservation: Held,
     prompt_estimate: u64,
     allowance: u64,
     streamed: u64,
@@ -462,13 +633,9 @@ impl SseState {
     }
 
     fn settle(&mut self) {
-        if let Some(r) = self.reservation.take() {
-            let prompt = self.reported.0.unwrap_or(self.prompt_estimate);
-            let completion = self.reported.1.unwrap_or(self.streamed);
-            self.budgets
-                .store
-                .settle(&r, prompt.saturating_add(completion));
-        }
+        let prompt = self.reported.0.unwrap_or(self.prompt_estimate);
+        let completion = self.reported.1.unwrap_or(self.streamed);
+        self.reservation.settle(prompt.saturating_add(completion));
     }
 }
 

@@ -174,24 +174,17 @@ impl RedisLimiter {
             .is_some_and(|until| Instant::now() < until)
     }
 
-    /// Decides one request of `cost` units for `key` under `policy` (one unit per `interval`,
-    /// bursts of `burst`).
-    pub(crate) async fn check(
+    /// Runs `script` with `keys` and integer `args` under the timeout and back-off rules,
+    /// returning its integer array reply.
+    pub(crate) async fn eval(
         &self,
-        policy: &str,
-        key: &Key,
-        interval: Duration,
-        burst: u32,
-        cost: u32,
-    ) -> Result<Verdict, RedisUnavailable> {
+        script: &redis::Script,
+        keys: &[String],
+        args: &[i64],
+    ) -> Result<Vec<i64>, RedisUnavailable> {
         if self.backing_off() {
             return Err(RedisUnavailable::BackingOff);
         }
-        let mut name = format!("{}:{policy}:", self.prefix);
-        encode(key, &mut name);
-        let interval_us = u64::try_from(interval.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
         let call = async {
             let conn = self
                 .conn
@@ -204,25 +197,56 @@ impl RedisLimiter {
                 })
                 .await?;
             let mut conn = conn.clone();
-            self.script
-                .key(&name)
-                .arg(interval_us)
-                .arg(burst)
-                .arg(cost)
-                .invoke_async::<Vec<i64>>(&mut conn)
-                .await
+            let mut invocation = script.prepare_invoke();
+            for k in keys {
+                invocation.key(k);
+            }
+            for a in args {
+                invocation.arg(*a);
+            }
+            invocation.invoke_async::<Vec<i64>>(&mut conn).await
         };
-        let reply = match tokio::time::timeout(self.timeout, call).await {
+        match tokio::time::timeout(self.timeout, call).await {
             Err(_) => {
                 self.mark_down();
-                return Err(RedisUnavailable::Timeout);
+                Err(RedisUnavailable::Timeout)
             }
             Ok(Err(e)) => {
                 self.mark_down();
-                return Err(RedisUnavailable::Failed(e.to_string()));
+                Err(RedisUnavailable::Failed(e.to_string()))
             }
-            Ok(Ok(reply)) => reply,
-        };
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// The Redis key for `key` under `scope` (a policy name, or `budget:WINDOW:START`).
+    pub(crate) fn key_name(&self, scope: &str, key: &Key) -> String {
+        let mut name = format!("{}:{scope}:", self.prefix);
+        encode(key, &mut name);
+        name
+    }
+
+    /// Decides one request of `cost` units for `key` under `policy` (one unit per `interval`,
+    /// bursts of `burst`).
+    pub(crate) async fn check(
+        &self,
+        policy: &str,
+        key: &Key,
+        interval: Duration,
+        burst: u32,
+        cost: u32,
+    ) -> Result<Verdict, RedisUnavailable> {
+        let name = self.key_name(policy, key);
+        let interval_us = i64::try_from(interval.as_micros())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let reply = self
+            .eval(
+                &self.script,
+                &[name],
+                &[interval_us, i64::from(burst), i64::from(cost)],
+            )
+            .await?;
         match reply.as_slice() {
             [1, _, remaining] => Ok(Verdict::Allowed {
                 remaining: u64::try_from(*remaining).unwrap_or(0),

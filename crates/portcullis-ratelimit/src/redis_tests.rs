@@ -232,3 +232,83 @@ fn global_policies_need_redis() {
         "redis.url"
     );
 }
+
+mod budgets {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use portcullis_core::{AuthMethod, Principal};
+    use portcullis_test_util::upstream::respond;
+
+    fn budget(redis: &RedisServer, tokens: u64, mode: &str) -> TokenBudgetLayer {
+        let config: TokenBudgetConfig = serde_json::from_value(json!({
+            "budgets": [{"window": "day", "tokens": tokens}],
+            "redis": {"url": redis.url(), "timeout": "200ms", "failureMode": mode, "backoff": "50ms"},
+        }))
+        .unwrap();
+        TokenBudgetLayer::try_from(&config).unwrap()
+    }
+
+    async fn ask(l: &TokenBudgetLayer, max_tokens: u64) -> StatusCode {
+        let svc = l.layer(service_fn(
+            |req: Request<http_body_util::Either<Full<Bytes>, Full<Bytes>>>| async move {
+                Ok::<_, Infallible>(respond(req).await)
+            },
+        ));
+        let mut req = Request::post("/v1/chat/completions")
+            .body(Full::new(Bytes::from(
+                json!({"messages": [{"role": "user", "content": "one two three four"}], "max_tokens": max_tokens}).to_string(),
+            )))
+            .unwrap();
+        req.extensions_mut().insert(
+            Principal::builder("alice", AuthMethod::Jwt)
+                .build()
+                .unwrap(),
+        );
+        let response = svc.oneshot(req).await.unwrap();
+        let status = response.status();
+        let _ = response.into_body().collect().await;
+        status
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_share_one_token_budget() {
+        let redis = RedisServer::start().await;
+        let a = budget(&redis, 100, "failOpen");
+        let b = budget(&redis, 100, "failOpen");
+        // A reserves 9 + 80 and is settled down to the 9 tokens the mock reports.
+        assert_eq!(ask(&a, 80).await, StatusCode::OK);
+        // Once A's settlement has landed in Redis, B fits the same reservation.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ask(&b, 80).await != StatusCode::OK {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("settlement landed");
+        // 9 + 9 used; another 89 would exceed 100 on either replica, though A's local
+        // accounts alone would allow it.
+        assert_eq!(ask(&a, 80).await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(ask(&b, 80).await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(ask(&a, 60).await, StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn budgets_follow_the_failure_mode_when_redis_is_down() {
+        let mut redis = RedisServer::start().await;
+        let closed = budget(&redis, 1000, "failClosed");
+        let open = budget(&redis, 1000, "failOpen");
+        assert_eq!(ask(&closed, 10).await, StatusCode::OK);
+        redis.kill();
+        assert_eq!(ask(&closed, 10).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ask(&open, 10).await,
+            StatusCode::OK,
+            "decided by the local accounts"
+        );
+        assert_eq!(
+            ask(&open, 2000).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "which still limit"
+        );
+    }
+}
