@@ -128,25 +128,32 @@ impl BudgetStore {
         }
     }
 
-    /// Tokens still available to `key` now (the tightest window), and when that window ends.
-    pub fn available(&self, key: &Key, now: u64) -> (u64, u64) {
-        let Ok(accounts) = self.accounts.lock() else {
-            return (0, now + 1);
-        };
-        let mut best = (u64::MAX, now);
-        for (window, limit) in &self.limits {
+    /// For each window: the tokens `key` has left in it at `now`, and when it ends.
+    fn left<'a>(
+        &'a self,
+        accounts: &'a HashMap<(Key, Window), Account>,
+        key: &'a Key,
+        now: u64,
+    ) -> impl Iterator<Item = (u64, u64)> + 'a {
+        self.limits.iter().map(move |(window, limit)| {
             let (start, end) = window.bounds(now);
             let acc = accounts
                 .get(&(key.clone(), *window))
                 .filter(|a| a.window_start == start)
                 .copied()
                 .unwrap_or_default();
-            let left = limit.saturating_sub(acc.used + acc.reserved);
-            if left < best.0 {
-                best = (left, end);
-            }
-        }
-        best
+            (limit.saturating_sub(acc.used + acc.reserved), end)
+        })
+    }
+
+    /// Tokens still available to `key` now (the tightest window), and when that window ends.
+    pub fn available(&self, key: &Key, now: u64) -> (u64, u64) {
+        let Ok(accounts) = self.accounts.lock() else {
+            return (0, now + 1);
+        };
+        self.left(&accounts, key, now)
+            .min_by_key(|(left, _)| *left)
+            .unwrap_or((u64::MAX, now))
     }
 
     /// Reserves `tokens` for `key` in every window, or says how long until they could fit.
@@ -154,25 +161,30 @@ impl BudgetStore {
     /// # Errors
     ///
     /// The wait until the exhausted window ends (or the requested amount exceeds a whole
-    /// window's budget, in which case the wait is until the window ends as well).
+    /// window's budget, in which case the wait is until the window ends as well). When every
+    /// account slot holds a live account, a new key is refused for a second (fail closed).
     pub fn reserve(&self, key: &Key, tokens: u64, now: u64) -> Result<Reservation, Duration> {
         let Ok(mut accounts) = self.accounts.lock() else {
             return Err(Duration::from_secs(1));
         };
-        for (window, limit) in &self.limits {
-            let (start, end) = window.bounds(now);
-            let acc = accounts
-                .get(&(key.clone(), *window))
-                .filter(|a| a.window_start == start)
-                .copied()
-                .unwrap_or_default();
-            if acc.used + acc.reserved + tokens > *limit {
-                return Err(Duration::from_secs(end.saturating_sub(now).max(1)));
-            }
+        if let Some((_, end)) = self
+            .left(&accounts, key, now)
+            .find(|(left, _)| *left < tokens)
+        {
+            return Err(Duration::from_secs(end.saturating_sub(now).max(1)));
         }
-        if accounts.len() >= self.max_keys * self.limits.len().max(1) {
-            // Drop accounts of past windows; what remains is bounded by the key count.
+        let capacity = self.max_keys * self.limits.len().max(1);
+        let known = self
+            .limits
+            .first()
+            .is_some_and(|(w, _)| accounts.contains_key(&(key.clone(), *w)));
+        if !known && accounts.len() >= capacity {
+            // Drop accounts of past windows first.
             accounts.retain(|(_, w), a| a.window_start == w.bounds(now).0);
+            if accounts.len() >= capacity {
+                tracing::warn!("token budget accounts full; refusing a new key");
+                return Err(Duration::from_secs(1));
+            }
         }
         for (window, _) in &self.limits {
             let start = window.bounds(now).0;
@@ -376,6 +388,22 @@ mod tests {
         );
         // Other keys have their own accounts.
         assert!(store.reserve(&Key::Text("u".into()), 100, later).is_ok());
+    }
+
+    #[test]
+    fn the_account_table_is_bounded() {
+        let store = BudgetStore::new(vec![(Window::Minute, 100)], 2);
+        let now = 1_764_166_245;
+        assert!(store.reserve(&Key::Text("a".into()), 1, now).is_ok());
+        assert!(store.reserve(&Key::Text("b".into()), 1, now).is_ok());
+        // Full of live accounts: a third key is refused, known keys still work.
+        assert_eq!(
+            store.reserve(&Key::Text("c".into()), 1, now),
+            Err(Duration::from_secs(1))
+        );
+        assert!(store.reserve(&Key::Text("a".into()), 1, now).is_ok());
+        // Next minute the old accounts are stale and make room.
+        assert!(store.reserve(&Key::Text("c".into()), 1, now + 60).is_ok());
     }
 
     #[test]
