@@ -1,0 +1,15 @@
+//! The Portcullis web application firewall. **In progress**: this crate currently provides the
+//! transformation functions ([`Transform`]) with ModSecurity semantics that the rule engine, the
+//! OWASP CRS loader and the AI rule pack will run values through. The engine, the layer, the
+//! `ai-guard` pack and the response leak guard are not here yet.
+//!
+//! ```
+//! use portcullis_waf::{Transform, apply_all};
+//!
+//! let pipeline = [Transform::UrlDecodeUni, Transform::HtmlEntityDecode, Transform::Lowercase];
+//! assert_eq!(apply_all(&pipeline, b"%26lt;SCRIPT%3E").as_ref(), b"<script>");
+//! ```
+
+mod transform;
+
+pub use transform::{Transform, UnknownTransform, apply_all};

@@ -1,0 +1,788 @@
+//! Transformation functions, with the semantics of ModSecurity's `t:` actions so that OWASP
+//! CRS rules behave as their authors expect.
+//!
+//! Every function works on bytes, never fails and never panics: malformed escapes are left as
+//! they are. A function that changes nothing returns its input borrowed, so a pipeline over a
+//! clean value allocates nothing.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A transformation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Transform {
+    /// ASCII lowercase.
+    Lowercase,
+    /// `%XX` and `+` decoding; invalid sequences are kept.
+    UrlDecode,
+    /// [`UrlDecode`](Self::UrlDecode) plus IIS `%uHHHH` (low byte; full-width ASCII mapped back).
+    UrlDecodeUni,
+    /// Non-ASCII UTF-8 characters to `%uHHHH`.
+    Utf8ToUnicode,
+    /// HTML character references: `&#DD;`, `&#xHH;`, `&quot;` `&amp;` `&lt;` `&gt;` `&nbsp;`
+    /// (the `;` is optional).
+    HtmlEntityDecode,
+    /// JavaScript escapes: `\xHH`, `\uHHHH`, octal, and the one-letter escapes.
+    JsDecode,
+    /// CSS escapes: `\` + 1–6 hex digits (one following space consumed), `\` + newline removed.
+    CssDecode,
+    /// ANSI C escapes: `\a \b \f \n \r \t \v \\ \? \' \"`, `\xHH`, octal.
+    EscapeSeqDecode,
+    /// Drops NUL bytes.
+    RemoveNulls,
+    /// NUL bytes to spaces.
+    ReplaceNulls,
+    /// Runs of whitespace (including NBSP) to one space.
+    CompressWhitespace,
+    /// Drops whitespace (including NBSP).
+    RemoveWhitespace,
+    /// Drops `/* */` and `<!-- -->` comments; `--` or `#` ends the value.
+    RemoveComments,
+    /// Drops the comment markers `/*`, `*/`, `<!--`, `-->`, `--` and `#`.
+    RemoveCommentsChar,
+    /// Replaces each `/* */` comment (unterminated: to the end) with one space.
+    ReplaceComments,
+    /// Collapses `//`, removes `./` and resolves `../` segments.
+    NormalizePath,
+    /// [`NormalizePath`](Self::NormalizePath) after turning `\` into `/`.
+    NormalizePathWin,
+    /// Command-line normalisation: drops `\ " ' ^`, spaces before `/` and `(`, turns `,` and
+    /// `;` into spaces, compresses whitespace, lowercases.
+    CmdLine,
+    /// Base64 decoding (stops at the first character outside the alphabet).
+    Base64Decode,
+    /// Forgiving base64 decoding (skips characters outside the alphabet).
+    Base64DecodeExt,
+    /// Lowercase hex encoding.
+    HexEncode,
+    /// The SHA-1 digest (raw bytes).
+    Sha1,
+    /// The length, as decimal digits.
+    Length,
+    /// Strips leading and trailing whitespace.
+    Trim,
+    /// Strips leading whitespace.
+    TrimLeft,
+    /// Strips trailing whitespace.
+    TrimRight,
+}
+
+const NAMES: &[(&str, Transform)] = &[
+    ("lowercase", Transform::Lowercase),
+    ("urlDecode", Transform::UrlDecode),
+    ("urlDecodeUni", Transform::UrlDecodeUni),
+    ("utf8toUnicode", Transform::Utf8ToUnicode),
+    ("htmlEntityDecode", Transform::HtmlEntityDecode),
+    ("jsDecode", Transform::JsDecode),
+    ("cssDecode", Transform::CssDecode),
+    ("escapeSeqDecode", Transform::EscapeSeqDecode),
+    ("removeNulls", Transform::RemoveNulls),
+    ("replaceNulls", Transform::ReplaceNulls),
+    ("compressWhitespace", Transform::CompressWhitespace),
+    ("removeWhitespace", Transform::RemoveWhitespace),
+    ("removeComments", Transform::RemoveComments),
+    ("removeCommentsChar", Transform::RemoveCommentsChar),
+    ("replaceComments", Transform::ReplaceComments),
+    ("normalizePath", Transform::NormalizePath),
+    ("normalisePath", Transform::NormalizePath),
+    ("normalizePathWin", Transform::NormalizePathWin),
+    ("normalisePathWin", Transform::NormalizePathWin),
+    ("cmdLine", Transform::CmdLine),
+    ("base64Decode", Transform::Base64Decode),
+    ("base64DecodeExt", Transform::Base64DecodeExt),
+    ("hexEncode", Transform::HexEncode),
+    ("sha1", Transform::Sha1),
+    ("length", Transform::Length),
+    ("trim", Transform::Trim),
+    ("trimLeft", Transform::TrimLeft),
+    ("trimRight", Transform::TrimRight),
+];
+
+/// An unknown transformation name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transformation `{0}`")]
+pub struct UnknownTransform(pub String);
+
+impl FromStr for Transform {
+    type Err = UnknownTransform;
+
+    /// Parses a ModSecurity name (case-insensitive, as ModSecurity accepts `base64decode`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, t)| *t)
+            .ok_or_else(|| UnknownTransform(s.to_owned()))
+    }
+}
+
+impl Transform {
+    /// The ModSecurity name.
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("unknown", |(n, _)| n)
+    }
+
+    /// Applies the transformation.
+    pub fn apply(self, input: &[u8]) -> Cow<'_, [u8]> {
+        match self {
+            Self::Lowercase => {
+                if input.iter().any(u8::is_ascii_uppercase) {
+                    Cow::Owned(input.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Self::UrlDecode => url_decode(input, false),
+            Self::UrlDecodeUni => url_decode(input, true),
+            Self::Utf8ToUnicode => utf8_to_unicode(input),
+            Self::HtmlEntityDecode => html_entity_decode(input),
+            Self::JsDecode => backslash_decode(input, Dialect::Js),
+            Self::CssDecode => css_decode(input),
+            Self::EscapeSeqDecode => backslash_decode(input, Dialect::C),
+            Self::RemoveNulls => filter(input, |b| b != 0),
+            Self::ReplaceNulls => map_bytes(input, |b| if b == 0 { b' ' } else { b }),
+            Self::CompressWhitespace => compress_whitespace(input),
+            Self::RemoveWhitespace => filter(input, |b| !is_space(b)),
+            Self::RemoveComments => remove_comments(input),
+            Self::RemoveCommentsChar => remove_comment_chars(input),
+            Self::ReplaceComments => replace_comments(input),
+            Self::NormalizePath => normalize_path(input, false),
+            Self::NormalizePathWin => normalize_path(input, true),
+            Self::CmdLine => cmd_line(input),
+            Self::Base64Decode => Cow::Owned(base64_decode(input, false)),
+            Self::Base64DecodeExt => Cow::Owned(base64_decode(input, true)),
+            Self::HexEncode => Cow::Owned(hex_encode(input)),
+            Self::Sha1 => Cow::Owned(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, input)
+                    .as_ref()
+                    .to_vec(),
+            ),
+            Self::Length => Cow::Owned(input.len().to_string().into_bytes()),
+            Self::Trim => trim(input, true, true),
+            Self::TrimLeft => trim(input, true, false),
+            Self::TrimRight => trim(input, false, true),
+        }
+    }
+}
+
+/// Applies `pipeline` in order.
+pub fn apply_all<'a>(pipeline: &[Transform], input: &'a [u8]) -> Cow<'a, [u8]> {
+    let mut value = Cow::Borrowed(input);
+    for t in pipeline {
+        if let Cow::Owned(changed) = t.apply(&value) {
+            value = Cow::Owned(changed);
+        }
+    }
+    value
+}
+
+impl fmt::Display for Transform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Transform {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Transform {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whitespace as ModSecurity counts it: space, `\t\n\v\f\r` and NBSP (0xA0).
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn hex2(a: u8, b: u8) -> Option<u8> {
+    Some(hex(a)? << 4 | hex(b)?)
+}
+
+/// Two hex digits at `s[at..at + 2]` as a byte.
+fn hex2_at(s: &[u8], at: usize) -> Option<u8> {
+    match s.get(at..at + 2)? {
+        [a, b] => hex2(*a, *b),
+        _ => None,
+    }
+}
+
+/// Four hex digits at `s[at..at + 4]` as a `%u`/`\u` escape byte.
+fn unicode_at(s: &[u8], at: usize) -> Option<u8> {
+    match s.get(at..at + 4)? {
+        [a, b, c, d] => unicode_byte([*a, *b, *c, *d]),
+        _ => None,
+    }
+}
+
+fn filter(input: &[u8], keep: impl Fn(u8) -> bool) -> Cow<'_, [u8]> {
+    if input.iter().all(|&b| keep(b)) {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(input.iter().copied().filter(|&b| keep(b)).collect())
+    }
+}
+
+fn map_bytes(input: &[u8], f: impl Fn(u8) -> u8) -> Cow<'_, [u8]> {
+    if input.iter().all(|&b| f(b) == b) {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(input.iter().map(|&b| f(b)).collect())
+    }
+}
+
+/// The byte of a `%uHHHH`/`\uHHHH` escape, as ModSecurity computes it: the low byte, with
+/// full-width ASCII (U+FF01–U+FF5E) mapped back to ASCII.
+fn unicode_byte(h: [u8; 4]) -> Option<u8> {
+    let [a, b, c, d] = h;
+    hex(a)?;
+    hex(b)?;
+    let mut low = hex2(c, d)?;
+    if low > 0 && low < 0x5f && a.eq_ignore_ascii_case(&b'f') && b.eq_ignore_ascii_case(&b'f') {
+        low += 0x20;
+    }
+    Some(low)
+}
+
+fn url_decode(input: &[u8], unicode: bool) -> Cow<'_, [u8]> {
+    if !input.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        match b {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let rest = input.get(i + 1..).unwrap_or_default();
+                if unicode
+                    && matches!(rest.first(), Some(b'u' | b'U'))
+                    && let Some(byte) = unicode_at(rest, 1)
+                {
+                    out.push(byte);
+                    i += 6;
+                } else if let Some(byte) = hex2_at(rest, 0) {
+                    out.push(byte);
+                    i += 3;
+                } else {
+                    out.push(b'%');
+                    i += 1;
+                }
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn utf8_to_unicode(input: &[u8]) -> Cow<'_, [u8]> {
+    if input.is_ascii() {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len() * 2);
+    for chunk in input.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_ascii() {
+                out.push(c as u8);
+            } else {
+                out.extend_from_slice(format!("%u{:04x}", u32::from(c)).as_bytes());
+            }
+        }
+        // Invalid sequences are kept as they are.
+        out.extend_from_slice(chunk.invalid());
+    }
+    Cow::Owned(out)
+}
+
+fn html_entity_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.contains(&b'&') {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b != b'&' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let rest = input.get(i + 1..).unwrap_or_default();
+        let decoded = if rest.first() == Some(&b'#') {
+            let (radix, digits_at) = match rest.get(1) {
+                Some(b'x' | b'X') => (16, 2),
+                _ => (10, 1),
+            };
+            let digits: Vec<u8> = rest
+                .get(digits_at..)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .take_while(|d| {
+                    if radix == 16 {
+                        d.is_ascii_hexdigit()
+                    } else {
+                        d.is_ascii_digit()
+                    }
+                })
+                .take(8)
+                .collect();
+            if digits.is_empty() {
+                None
+            } else {
+                let text = String::from_utf8_lossy(&digits);
+                let value = u32::from_str_radix(&text, radix).unwrap_or(0);
+                let mut used = digits_at + digits.len();
+                if rest.get(used) == Some(&b';') {
+                    used += 1;
+                }
+                // ModSecurity keeps the low byte.
+                Some(((value & 0xff) as u8, used))
+            }
+        } else {
+            [
+                (&b"quot"[..], b'"'),
+                (b"amp", b'&'),
+                (b"lt", b'<'),
+                (b"gt", b'>'),
+                (b"nbsp", 0xa0),
+            ]
+            .iter()
+            .find(|(name, _)| {
+                rest.get(..name.len())
+                    .is_some_and(|r| r.eq_ignore_ascii_case(name))
+            })
+            .map(|(name, byte)| {
+                let mut used = name.len();
+                if rest.get(used) == Some(&b';') {
+                    used += 1;
+                }
+                (*byte, used)
+            })
+        };
+        match decoded {
+            Some((byte, used)) => {
+                out.push(byte);
+                i += 1 + used;
+            }
+            None => {
+                out.push(b'&');
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Js,
+    C,
+}
+
+fn backslash_decode(input: &[u8], dialect: Dialect) -> Cow<'_, [u8]> {
+    if !input.contains(&b'\\') {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let Some(&next) = input.get(i + 1) else {
+            out.push(b'\\');
+            break;
+        };
+        let rest = input.get(i + 2..).unwrap_or_default();
+        let simple = match next {
+            b'a' => Some(0x07),
+            b'b' => Some(0x08),
+            b'f' => Some(0x0c),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'v' => Some(0x0b),
+            _ => None,
+        };
+        if let Some(byte) = simple {
+            out.push(byte);
+            i += 2;
+        } else if next == b'x'
+            && let Some(byte) = hex2_at(rest, 0)
+        {
+            out.push(byte);
+            i += 4;
+        } else if dialect == Dialect::Js
+            && next == b'u'
+            && let Some(byte) = unicode_at(rest, 0)
+        {
+            out.push(byte);
+            i += 6;
+        } else if (b'0'..=b'7').contains(&next) {
+            let digits: Vec<u8> = input
+                .get(i + 1..)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .take_while(|d| (b'0'..=b'7').contains(d))
+                .take(3)
+                .collect();
+            let value = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            out.push((value & 0xff) as u8);
+            i += 1 + digits.len();
+        } else if dialect == Dialect::C && !matches!(next, b'\\' | b'?' | b'\'' | b'"') {
+            // Unknown C escapes are kept whole.
+            out.push(b'\\');
+            out.push(next);
+            i += 2;
+        } else {
+            out.push(next);
+            i += 2;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn css_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.contains(&b'\\') {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let rest = input.get(i + 1..).unwrap_or_default();
+        let digits = rest
+            .iter()
+            .take(6)
+            .take_while(|d| d.is_ascii_hexdigit())
+            .count();
+        if digits > 0 {
+            // ModSecurity keeps the last byte, mapping full-width ASCII back.
+            let mut byte = if digits == 1 {
+                rest.first().copied().and_then(hex).unwrap_or(0)
+            } else {
+                hex2_at(rest, digits - 2).unwrap_or(0)
+            };
+            let full_width = digits >= 4
+                && rest
+                    .get(digits - 4..digits - 2)
+                    .is_some_and(|hi| hi.eq_ignore_ascii_case(b"ff"));
+            if full_width && byte > 0 && byte < 0x5f {
+                byte += 0x20;
+            }
+            out.push(byte);
+            i += 1 + digits;
+            if input.get(i).is_some_and(|&c| is_space(c) && c != 0xa0) {
+                i += 1;
+            }
+        } else {
+            match rest.first() {
+                // An escaped newline is a line continuation: dropped.
+                Some(b'\n') => i += 2,
+                Some(&c) => {
+                    out.push(c);
+                    i += 2;
+                }
+                None => {
+                    out.push(b'\\');
+                    i += 1;
+                }
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn compress_whitespace(input: &[u8]) -> Cow<'_, [u8]> {
+    let needs = input
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if is_space(*a) && is_space(*b)))
+        || input.iter().any(|&b| is_space(b) && b != b' ');
+    if !needs {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut in_space = false;
+    for &b in input {
+        if is_space(b) {
+            if !in_space {
+                out.push(b' ');
+            }
+            in_space = true;
+        } else {
+            out.push(b);
+            in_space = false;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn starts(input: &[u8], at: usize, pat: &[u8]) -> bool {
+    input.get(at..at + pat.len()) == Some(pat)
+}
+
+fn remove_comments(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input
+        .iter()
+        .any(|&b| matches!(b, b'/' | b'<' | b'-' | b'#'))
+    {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    let mut in_comment = false;
+    while i < input.len() {
+        if in_comment {
+            if starts(input, i, b"*/") {
+                in_comment = false;
+                i += 2;
+            } else if starts(input, i, b"-->") {
+                in_comment = false;
+                i += 3;
+            } else {
+                i += 1;
+            }
+        } else if starts(input, i, b"/*") {
+            in_comment = true;
+            i += 2;
+        } else if starts(input, i, b"<!--") {
+            in_comment = true;
+            i += 4;
+        } else if starts(input, i, b"--") || starts(input, i, b"#") {
+            // SQL and shell line comments end the value, replaced by one space.
+            out.push(b' ');
+            break;
+        } else {
+            out.extend(input.get(i).copied());
+            i += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn remove_comment_chars(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input
+        .iter()
+        .any(|&b| matches!(b, b'/' | b'*' | b'<' | b'-' | b'#'))
+    {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if let Some(pat) = [&b"<!--"[..], b"-->", b"/*", b"*/", b"--", b"#"]
+            .iter()
+            .find(|p| starts(input, i, p))
+        {
+            i += pat.len();
+        } else {
+            out.extend(input.get(i).copied());
+            i += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn replace_comments(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.windows(2).any(|w| w == b"/*") {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if starts(input, i, b"/*") {
+            out.push(b' ');
+            match input
+                .get(i + 2..)
+                .and_then(|r| r.windows(2).position(|w| w == b"*/"))
+            {
+                Some(end) => i += 2 + end + 2,
+                None => break,
+            }
+        } else {
+            out.extend(input.get(i).copied());
+            i += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn normalize_path(input: &[u8], windows: bool) -> Cow<'_, [u8]> {
+    let path: Cow<'_, [u8]> = if windows {
+        map_bytes(input, |b| if b == b'\\' { b'/' } else { b })
+    } else {
+        Cow::Borrowed(input)
+    };
+    let absolute = path.first() == Some(&b'/');
+    let trailing = path.last() == Some(&b'/') || path.ends_with(b"/.") || path.ends_with(b"/..");
+    let mut segments: Vec<&[u8]> = Vec::new();
+    for seg in path.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                if segments.last().is_some_and(|s| *s != b"..") {
+                    segments.pop();
+                } else if !absolute {
+                    segments.push(seg);
+                }
+            }
+            _ => segments.push(seg),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    if absolute {
+        out.push(b'/');
+    }
+    out.extend_from_slice(&segments.join(&b'/'));
+    if trailing && !segments.is_empty() {
+        out.push(b'/');
+    }
+    if out.as_slice() == input {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+fn cmd_line(input: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Vec<u8> = Vec::with_capacity(input.len());
+    let mut space = false;
+    for &b in input {
+        match b {
+            b'\\' | b'"' | b'\'' | b'^' => {}
+            b',' | b';' => {
+                if !space {
+                    out.push(b' ');
+                    space = true;
+                }
+            }
+            b'/' | b'(' => {
+                // Spaces before a slash or a parenthesis are dropped.
+                while out.last() == Some(&b' ') {
+                    out.pop();
+                }
+                out.push(b);
+                space = false;
+            }
+            b if is_space(b) => {
+                if !space {
+                    out.push(b' ');
+                    space = true;
+                }
+            }
+            b => {
+                out.push(b.to_ascii_lowercase());
+                space = false;
+            }
+        }
+    }
+    if out.as_slice() == input {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
+fn base64_decode(input: &[u8], forgiving: bool) -> Vec<u8> {
+    let value = |b: u8| -> Option<u32> {
+        match b {
+            b'A'..=b'Z' => Some(u32::from(b - b'A')),
+            b'a'..=b'z' => Some(u32::from(b - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(b - b'0') + 52),
+            b'+' | b'-' => Some(62),
+            b'/' | b'_' => Some(63),
+            _ => None,
+        }
+    };
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for &b in input {
+        if b == b'=' {
+            break;
+        }
+        let Some(v) = value(b) else {
+            if forgiving {
+                continue;
+            }
+            break;
+        };
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    out
+}
+
+fn hex_encode(input: &[u8]) -> Vec<u8> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(input.len() * 2);
+    for &b in input {
+        out.extend(DIGITS.get(usize::from(b >> 4)));
+        out.extend(DIGITS.get(usize::from(b & 0xf)));
+    }
+    out
+}
+
+fn trim(input: &[u8], left: bool, right: bool) -> Cow<'_, [u8]> {
+    let mut s = input;
+    if left {
+        while let Some((&b, rest)) = s.split_first() {
+            if !is_space(b) {
+                break;
+            }
+            s = rest;
+        }
+    }
+    if right {
+        while let Some((&b, rest)) = s.split_last() {
+            if !is_space(b) {
+                break;
+            }
+            s = rest;
+        }
+    }
+    Cow::Borrowed(s)
+}
+
+#[cfg(test)]
+mod tests;
