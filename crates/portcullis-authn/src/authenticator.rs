@@ -105,10 +105,17 @@ impl IssuerBuilder {
     /// [`algorithms`](Self::algorithms) says otherwise). The secret must be at least 32 bytes.
     pub fn hmac(iss: impl Into<String>, secret: impl Into<Vec<u8>>) -> Self {
         Self {
+            iss: iss.into(),
+            audiences: Vec::new(),
+            any_audience: false,
+            algorithms: vec![Algorithm::HS256],
             jwks: None,
             hmac: Some(secret.into()),
-            algorithms: vec![Algorithm::HS256],
-            ..Self::new(iss, Arc::new(Jwks::fixed(Default::default())))
+            subject_claim: "sub".into(),
+            tenant_claim: None,
+            roles_claim: None,
+            scope_claims: vec!["scope".into(), "scp".into()],
+            keep_claims: Vec::new(),
         }
     }
 

@@ -552,12 +552,8 @@ mod tests {
         assert_eq!(parent("a.example.org"), Some("example.org"));
         assert_eq!(parent("localhost"), None);
         assert_eq!(parent("a.org"), None);
-        for bad in ["", "*", "*.org", "a..b", "a b.org", "a.*.org", "-"] {
-            let r = check_host("h", bad);
-            if bad == "-" {
-                continue;
-            }
-            assert!(r.is_err(), "{bad}");
+        for bad in ["", "*", "*.org", "a..b", "a b.org", "a.*.org"] {
+            assert!(check_host("h", bad).is_err(), "{bad}");
         }
         assert_eq!(
             check_host("h", "API.Example.org").unwrap(),
