@@ -29,7 +29,9 @@ const SHARDS: usize = 64;
 /// How long a shard waits before pruning again after a prune that freed little.
 const PRUNE_BACKOFF_NANOS: u64 = 100_000_000;
 
-/// An open-addressing table of `(fingerprint, TAT)` slots with linear probing. A fingerprint
+/// An open-addressing table of `(fingerprint, TAT)` slots with linear probing, at most 7/8
+/// full and grown by a quarter at a time, so it stays dense (memory latency, not arithmetic,
+/// dominates a lookup among a million keys). A fingerprint
 /// is the key's 64-bit keyed hash (never 0, which marks an empty slot); keys themselves are not
 /// stored, so a slot is 16 bytes and a lookup usually touches one cache line. Two keys with the
 /// same fingerprint would share a bucket: with a per-process random seed, the chance among a
@@ -41,20 +43,29 @@ struct Table {
 }
 
 impl Table {
-    fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
+    /// The home slot of `fp`: its hash scaled onto the table (any table size works, so the
+    /// table can grow by a quarter at a time and stay dense).
+    fn home(&self, fp: u64) -> usize {
+        // The top six bits chose the shard, so they are the same for every key here: scale
+        // the remaining bits.
+        ((u128::from(fp << 6) * self.slots.len() as u128) >> 64) as usize
     }
 
     /// `Ok(index)` of the slot holding `fp`, or `Err(index)` of the empty slot where it goes.
     fn find(&self, fp: u64) -> Result<usize, usize> {
-        let mask = self.mask();
-        let mut i = (fp as usize) & mask;
-        // The table is never more than 3/4 full, so an empty slot ends every probe.
-        for _ in 0..self.slots.len() {
+        let cap = self.slots.len();
+        let mut i = self.home(fp);
+        // The table is never more than 7/8 full, so an empty slot ends every probe.
+        for _ in 0..cap {
             match self.slots.get(i) {
                 Some([f, _]) if *f == fp => return Ok(i),
                 Some([0, _]) | None => return Err(i),
-                _ => i = (i + 1) & mask,
+                _ => {
+                    i += 1;
+                    if i == cap {
+                        i = 0;
+                    }
+                }
             }
         }
         Err(usize::MAX)
@@ -66,7 +77,7 @@ impl Table {
     }
 
     fn insert(&mut self, fp: u64, tat: u64) {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
+        if (self.len + 1) * 8 > self.slots.len() * 7 {
             self.grow();
         }
         if let Err(i) = self.find(fp)
@@ -78,7 +89,7 @@ impl Table {
     }
 
     fn grow(&mut self) {
-        let cap = (self.slots.len() * 2).max(16);
+        let cap = (self.slots.len() + self.slots.len() / 4 + 1).max(16);
         let old = std::mem::replace(&mut self.slots, vec![[0, 0]; cap]);
         self.len = 0;
         for [fp, tat] in old {
@@ -296,7 +307,7 @@ mod tests {
             t.insert(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1), fp);
         }
         assert_eq!(t.len, 10_000);
-        assert!(t.len * 4 <= t.slots.len() * 3);
+        assert!(t.len * 8 <= t.slots.len() * 7);
         for fp in 1..=10_000u64 {
             assert_eq!(
                 t.get_mut(fp.wrapping_mul(0x9e37_79b9_7f4a_7c15).max(1))
