@@ -16,7 +16,7 @@ use portcullis_core::{Problem, RateLimitDecision, Reason};
 use tower::{Layer, Service};
 
 use crate::key::Key;
-use crate::policy::{BruteForcePolicy, RateLimitPolicy, most_restrictive};
+use crate::policy::{BruteForcePolicy, Count, RateLimitPolicy};
 
 /// `RateLimit-Policy`.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -218,16 +218,11 @@ where
                 .get(*i)
                 .is_some_and(RateLimitPolicy::is_global)
         }) {
-            let decisions = keyed
+            let counts = keyed
                 .iter()
-                .filter_map(|(i, k)| {
-                    limits
-                        .policies
-                        .get(*i)
-                        .map(|p| (p.interval(), p.check_key(k)))
-                })
+                .filter_map(|(i, k)| limits.policies.get(*i).map(|p| (*i, p.count_key(k))))
                 .collect();
-            return match decide(limits, decisions, bf) {
+            return match decide(limits, counts, bf) {
                 Err(response) => ResponseFuture::rejected(response),
                 Ok(after) => ResponseFuture {
                     state: State::Inner {
@@ -244,13 +239,13 @@ where
         ResponseFuture {
             state: State::Waiting {
                 future: Box::pin(async move {
-                    let mut decisions = Vec::with_capacity(keyed.len());
+                    let mut counts = Vec::with_capacity(keyed.len());
                     for (i, key) in &keyed {
                         let Some(policy) = limits.policies.get(*i) else {
                             continue;
                         };
-                        match policy.check_key_global(key).await {
-                            Ok(d) => decisions.push((policy.interval(), d)),
+                        match policy.count_key_global(key).await {
+                            Ok(c) => counts.push((*i, c)),
                             Err(_) => {
                                 return Ok(
                                     Problem::new(Reason::RateLimitUnavailable).into_response()
@@ -258,7 +253,7 @@ where
                             }
                         }
                     }
-                    match decide(&limits, decisions, bf) {
+                    match decide(&limits, counts, bf) {
                         Err(response) => Ok(response),
                         Ok(after) => {
                             let mut response = inner.call(request).await?;
@@ -273,18 +268,18 @@ where
 }
 
 /// The deciding policy's verdict: a `429` response, or what to add to the inner response.
-fn decide<B: From<Bytes>, C: Clock>(
+fn decide<B: From<Bytes>, C: Clock + Clone>(
     limits: &Limits<C>,
-    decisions: Vec<(Duration, RateLimitDecision)>,
+    counts: Vec<(usize, Count)>,
     brute_force: Option<(Arc<Limits<C>>, Key)>,
 ) -> Result<After<C>, Response<B>> {
-    let only: Vec<RateLimitDecision> = decisions.iter().map(|(_, d)| d.clone()).collect();
-    let deciding = most_restrictive(&only).cloned();
-    let interval = deciding
-        .as_ref()
-        .and_then(|d| decisions.iter().find(|(_, x)| x == d))
-        .map(|(i, _)| *i)
-        .unwrap_or_default();
+    // Only the deciding policy's count becomes a decision record.
+    let deciding = counts
+        .iter()
+        .filter_map(|(i, c)| limits.policies.get(*i).map(|p| (p, *c)))
+        .max_by_key(|(p, c)| p.severity(*c));
+    let interval = deciding.map(|(p, _)| p.interval()).unwrap_or_default();
+    let deciding = deciding.map(|(p, c)| p.decision(c));
     if let Some(d) = deciding.as_ref().filter(|d| d.is_limited()) {
         let mut problem =
             Problem::new(Reason::RateLimited).retry_after(d.retry_after().unwrap_or_default());

@@ -64,7 +64,7 @@ pub use key::{Key, KeySpec};
 pub use layer::{
     RATELIMIT, RATELIMIT_POLICY, RateLimit, RateLimitLayer, ResponseFuture, ratelimit_headers,
 };
-pub use policy::{BruteForcePolicy, GlobalUnavailable, RateLimitPolicy, most_restrictive};
+pub use policy::{BruteForcePolicy, Count, GlobalUnavailable, RateLimitPolicy, most_restrictive};
 
 #[cfg(test)]
 mod budget_tests;

@@ -109,42 +109,38 @@ impl<C: Clock + Clone> RateLimitPolicy<C> {
     /// # Errors
     ///
     /// [`GlobalUnavailable`] as above.
-    pub async fn check_key_global(
-        &self,
-        key: &Key,
-    ) -> Result<RateLimitDecision, GlobalUnavailable> {
+    pub async fn count_key_global(&self, key: &Key) -> Result<Count, GlobalUnavailable> {
         let Some(redis) = &self.global else {
-            return Ok(self.check_key(key));
+            return Ok(self.count_key(key));
         };
-        let limit = u64::from(self.burst);
         match redis
             .check(&self.name, key, self.interval, self.burst, 1)
             .await
         {
-            Ok(Verdict::Allowed { remaining }) => Ok(RateLimitDecision::allowed(
-                Arc::clone(&self.name),
-                self.spec.kind(),
-                limit,
-                remaining.min(limit),
-                self.window(),
-            )
-            .unwrap_or_else(|_| fallback(&self.name))),
-            Ok(Verdict::Limited { wait }) => Ok(RateLimitDecision::limited(
-                Arc::clone(&self.name),
-                self.spec.kind(),
-                limit,
-                self.window(),
-                wait,
-            )
-            .unwrap_or_else(|_| fallback(&self.name))),
+            Ok(Verdict::Allowed { remaining }) => Ok(Count::Allowed {
+                remaining: u32::try_from(remaining).unwrap_or(u32::MAX).min(self.burst),
+            }),
+            Ok(Verdict::Limited { wait }) => Ok(Count::Limited { wait }),
             Err(err) => {
                 tracing::warn!(policy = %self.name, error = %err, mode = ?redis.failure_mode(), "global rate limit unavailable");
                 match redis.failure_mode() {
                     FailureMode::FailClosed => Err(GlobalUnavailable),
-                    _ => Ok(self.check_key(key)),
+                    _ => Ok(self.count_key(key)),
                 }
             }
         }
+    }
+
+    /// [`count_key_global`](Self::count_key_global), as a decision record.
+    ///
+    /// # Errors
+    ///
+    /// [`GlobalUnavailable`] as there.
+    pub async fn check_key_global(
+        &self,
+        key: &Key,
+    ) -> Result<RateLimitDecision, GlobalUnavailable> {
+        self.count_key_global(key).await.map(|c| self.decision(c))
     }
 
     /// The policy's name.
@@ -191,28 +187,73 @@ impl<C: Clock + Clone> RateLimitPolicy<C> {
         Some(self.check_key(&key))
     }
 
-    /// Counts one request for `key`.
-    pub fn check_key(&self, key: &Key) -> RateLimitDecision {
+    /// Counts one request for `key`: the hot path, which allocates nothing.
+    pub fn count_key(&self, key: &Key) -> Count {
+        match self.limiter.check_key(key) {
+            Ok(snapshot) => Count::Allowed {
+                remaining: snapshot.remaining_burst_capacity().min(self.burst),
+            },
+            Err(not_until) => Count::Limited {
+                wait: not_until.wait_time_from(self.clock.now()),
+            },
+        }
+    }
+
+    /// The decision record of a count by this policy, for the audit log and the headers.
+    pub fn decision(&self, count: Count) -> RateLimitDecision {
         let limit = u64::from(self.burst);
-        let decision = match self.limiter.check_key(key) {
-            Ok(snapshot) => RateLimitDecision::allowed(
+        let decision = match count {
+            Count::Allowed { remaining } => RateLimitDecision::allowed(
                 Arc::clone(&self.name),
                 self.spec.kind(),
                 limit,
-                u64::from(snapshot.remaining_burst_capacity()).min(limit),
+                u64::from(remaining).min(limit),
                 self.window(),
             ),
-            Err(not_until) => RateLimitDecision::limited(
+            Count::Limited { wait } => RateLimitDecision::limited(
                 Arc::clone(&self.name),
                 self.spec.kind(),
                 limit,
                 self.window(),
-                not_until.wait_time_from(self.clock.now()),
+                wait,
             ),
         };
         // The name was validated and the numbers are consistent by construction.
         decision.unwrap_or_else(|_| fallback(&self.name))
     }
+
+    /// Counts one request for `key` and returns its decision record.
+    pub fn check_key(&self, key: &Key) -> RateLimitDecision {
+        self.decision(self.count_key(key))
+    }
+
+    /// How restrictive a count is, for choosing the deciding policy: limited counts with
+    /// longer waits first, then allowed counts with less quota left relative to the limit.
+    pub(crate) fn severity(&self, count: Count) -> (bool, Duration, std::cmp::Reverse<u64>) {
+        match count {
+            Count::Limited { wait } => (true, wait, std::cmp::Reverse(0)),
+            Count::Allowed { remaining } => (
+                false,
+                Duration::ZERO,
+                std::cmp::Reverse(u64::from(remaining) * 1_000_000 / u64::from(self.burst.max(1))),
+            ),
+        }
+    }
+}
+
+/// The outcome of counting one request, before it becomes a [`RateLimitDecision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// Within quota, with this much left.
+    Allowed {
+        /// Requests left in the burst.
+        remaining: u32,
+    },
+    /// Over quota; retry after `wait`.
+    Limited {
+        /// How long until one more request fits.
+        wait: Duration,
+    },
 }
 
 fn fallback(name: &str) -> RateLimitDecision {
