@@ -3,6 +3,7 @@
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Extensions, Request};
 use portcullis_core::{PeerCertificate, TlsInfo, TlsVersion};
@@ -72,32 +73,55 @@ impl ConnectionInfo {
     }
 }
 
+/// How long a client has to complete the TLS handshake unless configured otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts TLS connections with the configuration in force for the client's SNI.
 #[derive(Debug, Clone)]
 pub struct ZtlsAcceptor {
     tls: Arc<ReloadingTls>,
+    handshake_timeout: Duration,
 }
 
 impl ZtlsAcceptor {
-    /// An acceptor using `tls`.
+    /// An acceptor using `tls`, giving clients [`DEFAULT_HANDSHAKE_TIMEOUT`] to complete the
+    /// handshake (a client that stalls mid-handshake would otherwise hold its connection open
+    /// for ever).
     pub fn new(tls: Arc<ReloadingTls>) -> Self {
-        Self { tls }
+        Self {
+            tls,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// Sets the handshake timeout.
+    #[must_use]
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// Performs the handshake on `stream`.
     ///
     /// # Errors
     ///
-    /// If the handshake fails (including a client certificate that does not verify).
+    /// If the handshake fails (including a client certificate that does not verify) or does
+    /// not finish within the handshake timeout (`TimedOut`).
     pub async fn accept<IO>(&self, stream: IO) -> io::Result<(TlsStream<IO>, ConnectionInfo)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
-        let config = self.tls.config_for(start.client_hello().server_name());
-        let stream = start.into_stream(config).await?;
-        let info = ConnectionInfo::from_connection(stream.get_ref().1)?;
-        Ok((stream, info))
+        let handshake = async {
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            let config = self.tls.config_for(start.client_hello().server_name());
+            let stream = start.into_stream(config).await?;
+            let info = ConnectionInfo::from_connection(stream.get_ref().1)?;
+            Ok((stream, info))
+        };
+        tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
     }
 }
 

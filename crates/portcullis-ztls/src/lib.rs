@@ -48,7 +48,7 @@ mod server;
 mod verifier;
 mod x509;
 
-pub use acceptor::{ConnectionInfo, WithConnectionInfo, ZtlsAcceptor};
+pub use acceptor::{ConnectionInfo, DEFAULT_HANDSHAKE_TIMEOUT, WithConnectionInfo, ZtlsAcceptor};
 pub use error::ZtlsError;
 pub use layer::{ResponseFuture, ZeroTrust, ZeroTrustLayer};
 pub use policy::{SpiffeRule, ZeroTrustPolicy, ZeroTrustPolicyConfig};

@@ -519,6 +519,18 @@ async fn the_watcher_picks_up_changes() {
     );
 }
 
+#[tokio::test]
+async fn a_stalled_handshake_times_out() {
+    let pki = TestPki::generate().unwrap();
+    let files = Files::new(&pki);
+    let tls = Arc::new(ReloadingTls::load(files.config()).unwrap());
+    let acceptor = ZtlsAcceptor::new(tls).with_handshake_timeout(Duration::from_millis(50));
+    // A client that connects and never sends a ClientHello.
+    let (server_side, _client_side) = tokio::io::duplex(1024);
+    let err = acceptor.accept(server_side).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+}
+
 #[test]
 fn configuration_errors_name_the_field() {
     let pki = TestPki::generate().unwrap();
