@@ -443,6 +443,26 @@ async fn a_replaced_trust_bundle_applies_to_new_connections_only() {
 }
 
 #[tokio::test]
+async fn a_rotated_server_certificate_is_served_to_new_connections() {
+    let pki = TestPki::generate().unwrap();
+    let files = Files::new(&pki);
+    let server = start(files.config(), ZeroTrustPolicy::require_certificate()).await;
+    let client = || client_config(pki.root().cert_pem(), Some(pki.client()));
+    let mut open = connect(server.addr, "localhost", client()).await.unwrap();
+    assert_eq!(open.server_cert, pki.server().cert_der().to_vec());
+    let renewed = pki
+        .intermediate()
+        .issue(&LeafSpec::server("localhost").dns("localhost"))
+        .unwrap();
+    renewed.write_to(files.dir.path(), "server").unwrap();
+    assert!(server.tls.reload().unwrap());
+    let fresh = connect(server.addr, "localhost", client()).await.unwrap();
+    assert_eq!(fresh.server_cert, renewed.cert_der().to_vec());
+    // The connection made before the rotation still works.
+    assert_eq!(get(&mut open).await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_corrupt_bundle_keeps_the_old_one_in_force() {
     let pki = TestPki::generate().unwrap();
     let files = Files::new(&pki);
