@@ -210,6 +210,41 @@ async fn valid_client_gets_through_with_its_identity() {
 }
 
 #[tokio::test]
+async fn tls12_clients_are_served_too() {
+    let pki = TestPki::generate().unwrap();
+    let files = Files::new(&pki);
+    let server = start(files.config(), ZeroTrustPolicy::require_certificate()).await;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            rustls::pki_types::CertificateDer::from_pem_slice(pki.root().cert_pem().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(pki.client().chain().to_vec(), pki.client().key_der())
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (status, body) = request(server.addr, "localhost", Arc::new(config))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["version"], "TLSv1.2");
+    assert!(
+        body["suite"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLS_ECDHE_ECDSA_WITH_"),
+        "{body}"
+    );
+    assert_eq!(body["spiffe"], CLIENT_SPIFFE_ID);
+}
+
+#[tokio::test]
 async fn bad_client_certificates_are_refused_in_the_handshake() {
     let pki = TestPki::generate().unwrap();
     let files = Files::new(&pki);
