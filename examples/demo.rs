@@ -1,8 +1,5 @@
-//! The Portcullis demo: a small gateway in front of a mock OpenAI-compatible model server.
-//!
-//! It shows the pieces every Portcullis layer builds on: the client address resolved behind a
-//! trusted proxy without believing forged `X-Forwarded-For` entries, and rejections as RFC 9457
-//! problem responses with stable reason codes.
+//! The Portcullis demo: a small gateway in front of a mock OpenAI-compatible model server, with
+//! the security layers stacked the way the reference ingress stacks them.
 //!
 //! ```sh
 //! cargo run --example demo                      # serve on 127.0.0.1:8080 until Ctrl-C
@@ -13,103 +10,136 @@
 //! Then, in another terminal:
 //!
 //! ```sh
-//! curl -s localhost:8080/echo -H 'x-forwarded-for: 6.6.6.6, 203.0.113.7'
-//! curl -s localhost:8080/v1/chat/completions -d '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-//! curl -si localhost:8080/admin
+//! curl -s localhost:8080/echo -H 'x-api-key: sk-demo' -H 'x-forwarded-for: 6.6.6.6, 203.0.113.7'
+//! curl -s localhost:8080/v1/chat/completions -H 'x-api-key: sk-demo' \
+//!      -d '{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+//! curl -si localhost:8080/v1/models            # no key: 401
+//! curl -si localhost:8080/admin                # no route: 404
 //! ```
 //!
-//! The demo trusts `127.0.0.0/8` as its load balancer, so the right-most forwarded address
-//! (`203.0.113.7`) is the client and the forged left-most one (`6.6.6.6`) is ignored.
+//! Per request: the client address is resolved (the demo trusts `127.0.0.0/8` as its load
+//! balancer, so the forged left-most `X-Forwarded-For` entry is ignored); a per-client rate
+//! limit and brute-force throttling apply; the API key is checked (only its SHA-256 is
+//! configured) and stripped before the request goes upstream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use portcullis::core::{ClientAddr, Problem, Reason, TrustedProxies};
+use hyper_util::service::TowerToHyperService;
+use portcullis::authn::{AuthnConfig, AuthnLayer, hash_api_key};
+use portcullis::core::{ClientAddr, Principal, Problem, Reason, TrustedProxies};
+use portcullis::ratelimit::{RateLimitConfig, RateLimitLayer};
 use portcullis_test_util::FakeUpstream;
+use serde_json::json;
 use tokio::net::TcpListener;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, hyper::Error>;
+type Stack = BoxCloneService<Request<Incoming>, Response<Full<Bytes>>, Infallible>;
 
+const DEMO_KEY: &str = "sk-demo";
 const CLIENT_IP_HEADER: HeaderName = HeaderName::from_static("x-portcullis-client-ip");
+const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-portcullis-subject");
 
-struct Gateway {
-    proxies: TrustedProxies,
-    upstream: SocketAddr,
+/// Forwards to the upstream. (The demo buffers upstream responses; the ingress streams them.)
+async fn forward(
     client: Client<HttpConnector, Incoming>,
-}
-
-impl Gateway {
-    async fn handle(&self, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
-        // The accept loop's job: resolve who the client is, once, for every layer further in.
-        let client = self.proxies.resolve(peer, req.headers());
-        req.extensions_mut().insert(client);
-
-        let path = req.uri().path();
-        if !(path.starts_with("/v1/") || path == "/echo" || path.starts_with("/echo/")) {
-            return problem(Problem::new(Reason::NoRoute));
-        }
-        match self.forward(req).await {
-            Ok(response) => response,
-            Err(_) => problem(Problem::new(Reason::UpstreamError)),
-        }
-    }
-
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
-        let client = *req
-            .extensions()
-            .get::<ClientAddr>()
-            .ok_or("no client address")?;
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        *req.uri_mut() = Uri::builder()
-            .scheme("http")
-            .authority(self.upstream.to_string())
-            .path_and_query(path)
-            .build()?;
-        req.headers_mut().remove(HOST);
+    upstream: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Error> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    *req.uri_mut() = Uri::builder()
+        .scheme("http")
+        .authority(upstream.to_string())
+        .path_and_query(path)
+        .build()?;
+    req.headers_mut().remove(HOST);
+    if let Some(addr) = req.extensions().get::<ClientAddr>().copied() {
         req.headers_mut().insert(
             CLIENT_IP_HEADER,
-            HeaderValue::from_str(&client.ip().to_string())?,
+            HeaderValue::from_str(&addr.ip().to_string())?,
         );
-        let response = self.client.request(req).await?;
-        Ok(response.map(BodyExt::boxed))
     }
+    if let Some(p) = req.extensions().get::<Principal>().cloned() {
+        req.headers_mut()
+            .insert(SUBJECT_HEADER, HeaderValue::from_str(p.subject())?);
+    }
+    let response = client.request(req).await?;
+    let (parts, body) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        Full::new(body.collect().await?.to_bytes()),
+    ))
 }
 
-fn problem(problem: Problem) -> Response<Body> {
-    problem
-        .into_response::<Full<Bytes>>()
-        .map(|body| body.map_err(|never: Infallible| match never {}).boxed())
+/// The route's security stack, built once: outermost first.
+fn stack(upstream: SocketAddr) -> Result<Stack, Error> {
+    let limits: RateLimitConfig = serde_json::from_value(json!({
+        "policies": [{"name": "per-client", "key": "clientIp", "requests": 20, "per": "1m", "burst": 10}],
+        "bruteForce": {"statuses": [401, 403], "failures": 5, "per": "1m", "lockout": "5m"},
+    }))?;
+    let authn: AuthnConfig = serde_json::from_value(json!({
+        "realm": "demo",
+        "stripCredentials": true,
+        "apiKeys": {"keys": [{"id": "demo", "sha256": hash_api_key(DEMO_KEY), "subject": "demo-user"}]},
+    }))?;
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let service = ServiceBuilder::new()
+        .layer(RateLimitLayer::try_from(&limits)?) // per client, and brute-force lock-outs
+        .layer(AuthnLayer::try_from(authn)?) // API key -> Principal; 401 otherwise
+        .service(service_fn(move |req: Request<Incoming>| {
+            let client = client.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    forward(client, upstream, req)
+                        .await
+                        .unwrap_or_else(|_| Problem::new(Reason::UpstreamError).into_response()),
+                )
+            }
+        }));
+    Ok(BoxCloneService::new(service))
 }
 
-async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+async fn serve(listener: TcpListener, proxies: TrustedProxies, stack: Stack) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let gateway = Arc::clone(&gateway);
+        let (proxies, stack) = (proxies.clone(), stack.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let gateway = Arc::clone(&gateway);
-                async move { Ok::<_, Infallible>(gateway.handle(peer, req).await) }
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                // The accept loop's job: resolve who the client is, once, for every layer.
+                let client = proxies.resolve(peer, req.headers());
+                req.extensions_mut().insert(client);
+                let path = req.uri().path();
+                let routed =
+                    path.starts_with("/v1/") || path == "/echo" || path.starts_with("/echo/");
+                let stack = stack.clone();
+                async move {
+                    if routed {
+                        stack.oneshot(req).await
+                    } else {
+                        Ok(Problem::new(Reason::NoRoute).into_response())
+                    }
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                 .await;
         });
     }
@@ -119,64 +149,92 @@ async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
 async fn self_check(addr: SocketAddr) -> Result<(), Error> {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
+    let send = |req: Request<Full<Bytes>>| {
+        let client = client.clone();
+        async move {
+            let response = client.request(req).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, Error>((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    };
     let url = |path: &str| format!("http://{addr}{path}");
+    let check = |ok: bool, what: &str| -> Result<(), Error> {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("self-check failed: {what}").into())
+        }
+    };
 
-    let req = Request::get(url("/echo?q=1"))
-        .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
-        .body(Full::default())?;
-    let response = client.request(req).await?;
-    let status = response.status();
-    let echo: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
+    let (status, body) = send(
+        Request::get(url("/echo?q=1"))
+            .header("x-api-key", DEMO_KEY)
+            .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
+            .body(Full::default())?,
+    )
+    .await?;
+    let echo: serde_json::Value = serde_json::from_str(&body)?;
     let seen = echo
         .pointer("/headers/x-portcullis-client-ip/0")
         .cloned()
         .unwrap_or_default();
-    println!("GET /echo with a forged X-Forwarded-For -> {status}, upstream saw client {seen}");
+    let subject = echo
+        .pointer("/headers/x-portcullis-subject/0")
+        .cloned()
+        .unwrap_or_default();
+    let key_upstream = echo.pointer("/headers/x-api-key").is_some();
+    println!(
+        "GET /echo, forged X-Forwarded-For, API key -> {status}; upstream saw client {seen}, subject {subject}, key forwarded: {key_upstream}"
+    );
     check(
-        status == StatusCode::OK && seen == "203.0.113.7",
-        "client address",
+        status == StatusCode::OK
+            && seen == "203.0.113.7"
+            && subject == "demo-user"
+            && !key_upstream,
+        "client address, principal and key stripping",
     )?;
 
-    let req = Request::post(url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"demo","messages":[{"role":"user","content":"hello there"}]}"#,
-        )))?;
-    let response = client.request(req).await?;
-    let status = response.status();
-    let chat: serde_json::Value =
-        serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?;
-    let usage = chat.get("usage").cloned().unwrap_or_default();
-    println!("POST /v1/chat/completions -> {status}, usage {usage}");
-    check(
-        status == StatusCode::OK && usage.get("prompt_tokens") == Some(&2.into()),
-        "chat",
-    )?;
+    let (status, body) = send(
+        Request::post(url("/v1/chat/completions"))
+            .header("x-api-key", DEMO_KEY)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"demo","messages":[{"role":"user","content":"hello there"}]}"#,
+            )))?,
+    )
+    .await?;
+    let chat: serde_json::Value = serde_json::from_str(&body)?;
+    println!(
+        "POST /v1/chat/completions -> {status}, usage {}",
+        chat.get("usage").cloned().unwrap_or_default()
+    );
+    check(status == StatusCode::OK, "chat")?;
 
-    let req = Request::get(url("/admin")).body(Full::default())?;
-    let response = client.request(req).await?;
-    let status = response.status();
-    let content_type = response.headers().get("content-type").cloned();
-    let body = response.into_body().collect().await?.to_bytes();
-    println!("GET /admin -> {status} {}", String::from_utf8_lossy(&body));
-    check(
-        status == StatusCode::NOT_FOUND
-            && content_type
-                .as_ref()
-                .is_some_and(|v| v == "application/problem+json"),
-        "problem response",
-    )?;
+    let (status, body) = send(Request::get(url("/v1/models")).body(Full::default())?).await?;
+    println!("GET /v1/models without a key -> {status} {body}");
+    check(status == StatusCode::UNAUTHORIZED, "authentication")?;
+
+    let (status, body) = send(Request::get(url("/admin")).body(Full::default())?).await?;
+    println!("GET /admin -> {status} {body}");
+    check(status == StatusCode::NOT_FOUND, "routing")?;
+
+    // A burst from one client runs into its rate limit.
+    let mut limited = None;
+    for n in 1..=20 {
+        let req = Request::get(url("/echo"))
+            .header("x-api-key", DEMO_KEY)
+            .body(Full::default())?;
+        let (status, body) = send(req).await?;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((n, body));
+            break;
+        }
+    }
+    let (n, body) = limited.ok_or("the rate limit never applied")?;
+    println!("burst of /echo -> 429 after {n} more requests: {body}");
     println!("self-check passed");
     Ok(())
-}
-
-fn check(ok: bool, what: &str) -> Result<(), Error> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("self-check failed: {what}").into())
-    }
 }
 
 #[tokio::main]
@@ -193,27 +251,26 @@ async fn main() -> Result<(), Error> {
     };
 
     let upstream = FakeUpstream::start().await?;
-    let gateway = Arc::new(Gateway {
-        proxies: TrustedProxies::new(["127.0.0.0/8".parse()?]),
-        upstream: upstream.addr(),
-        client: Client::builder(TokioExecutor::new()).build_http(),
-    });
+    let proxies = TrustedProxies::new(["127.0.0.0/8".parse()?]);
+    let stack = stack(upstream.addr())?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!(
         "portcullis demo gateway on http://{addr} -> mock model server on http://{}",
         upstream.addr()
     );
-    tokio::spawn(serve(listener, gateway));
+    tokio::spawn(serve(listener, proxies, stack));
 
     if self_checking {
         return self_check(addr).await;
     }
-    println!("try: curl -s http://{addr}/echo -H 'x-forwarded-for: 6.6.6.6, 203.0.113.7'");
     println!(
-        "     curl -s http://{addr}/v1/chat/completions -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
+        "try: curl -s http://{addr}/echo -H 'x-api-key: {DEMO_KEY}' -H 'x-forwarded-for: 6.6.6.6, 203.0.113.7'"
     );
-    println!("     curl -si http://{addr}/admin");
+    println!(
+        "     curl -s http://{addr}/v1/chat/completions -H 'x-api-key: {DEMO_KEY}' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
+    );
+    println!("     curl -si http://{addr}/v1/models");
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
