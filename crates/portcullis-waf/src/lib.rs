@@ -1,6 +1,7 @@
 //! The Portcullis web application firewall. **In progress**: this crate currently provides the
-//! transformation functions ([`Transform`]) with ModSecurity semantics that the rule engine, the
-//! OWASP CRS loader and the AI rule pack will run values through. The engine, the layer, the
+//! transformation functions ([`Transform`]) and the operators ([`Operator`], [`Condition`]),
+//! with ModSecurity semantics, that the rule engine, the OWASP CRS loader and the AI rule pack
+//! will be built on. The engine, the layer, the
 //! `ai-guard` pack and the response leak guard are not here yet.
 //!
 //! ```
@@ -10,6 +11,8 @@
 //! assert_eq!(apply_all(&pipeline, b"%26lt;SCRIPT%3E").as_ref(), b"<script>");
 //! ```
 
+mod operator;
 mod transform;
 
+pub use operator::{Comparison, Condition, Operator, OperatorError};
 pub use transform::{Transform, UnknownTransform, apply_all};

@@ -1,0 +1,144 @@
+use super::*;
+
+fn op(name: &str, param: &str) -> Operator {
+    Operator::compile(name, param).unwrap()
+}
+
+fn cond(text: &str) -> Condition {
+    Condition::parse(text).unwrap()
+}
+
+#[test]
+fn rx_matches_bytes_and_rewrites_hex_escapes() {
+    let re = op("rx", r"(?i)union\s+select");
+    assert!(re.matches(b"1 UNION  select 2"));
+    assert!(!re.matches(b"unionselect"));
+    // Non-UTF-8 input is searched as bytes.
+    assert!(op("rx", r"\xff\xfe").matches(b"a\xff\xfeb"));
+    assert!(op("rx", r"\x{ff}").matches(b"\xff"));
+    assert!(op("rx", r"[\x{0}-\x{8}]").matches(b"a\x07"));
+    assert_eq!(rewrite_hex_escapes(r"a\x{41}b\x{7}c"), r"a\x41b\x07c");
+    assert_eq!(rewrite_hex_escapes(r"\\x{41}"), r"\\x{41}");
+    assert_eq!(rewrite_hex_escapes(r"\x{263a}"), r"\x{263a}");
+    assert_eq!(rewrite_hex_escapes(r"\x{zz}"), r"\x{zz}");
+    assert!(matches!(
+        Operator::compile("rx", "(unclosed"),
+        Err(OperatorError::BadParameter { operator: "rx", .. })
+    ));
+}
+
+#[test]
+fn pm_is_case_insensitive_over_phrases() {
+    let pm = op("pm", "select union insert");
+    assert!(pm.matches(b"xx UNION yy"));
+    assert!(pm.matches(b"Insert"));
+    assert!(!pm.matches(b"delete"));
+    assert!(Operator::compile("pm", "   ").is_err());
+}
+
+#[test]
+fn string_operators() {
+    assert!(op("streq", "POST").matches(b"POST"));
+    assert!(!op("streq", "POST").matches(b"post"));
+    assert!(op("contains", "..").matches(b"/a/../b"));
+    assert!(op("contains", "").matches(b"anything"));
+    assert!(op("beginsWith", "/admin").matches(b"/admin/x"));
+    assert!(!op("beginsWith", "/admin").matches(b"/x/admin"));
+    assert!(op("endsWith", ".php").matches(b"index.php"));
+    let within = op("within", "GET HEAD POST OPTIONS");
+    assert!(within.matches(b"HEAD"));
+    assert!(!within.matches(b"DELETE"));
+    assert!(!within.matches(b""));
+}
+
+#[test]
+fn numeric_operators() {
+    assert!(op("eq", "0").matches(b"0"));
+    assert!(op("eq", "0").matches(b"abc"), "non-numbers count as 0");
+    assert!(op("gt", "5").matches(b"6"));
+    assert!(!op("gt", "5").matches(b"5"));
+    assert!(op("ge", "5").matches(b" 5 "));
+    assert!(op("lt", "0").matches(b"-3"));
+    assert!(op("le", "10").matches(b"10abc"));
+    assert!(
+        !op("gt", "0").matches(b"99999999999999999999"),
+        "overflow counts as 0"
+    );
+    assert!(Operator::compile("eq", "five").is_err());
+}
+
+#[test]
+fn ip_match() {
+    let ip = op("ipMatch", "10.0.0.0/8, 192.168.1.5,2001:db8::/32");
+    assert!(ip.matches(b"10.1.2.3"));
+    assert!(ip.matches(b"192.168.1.5"));
+    assert!(!ip.matches(b"192.168.1.6"));
+    assert!(ip.matches(b"2001:db8::1"));
+    assert!(!ip.matches(b"not an ip"));
+    assert!(!ip.matches(b"\xff"));
+    // Host bits set are tolerated, as ModSecurity does.
+    assert!(op("ipMatch", "10.0.0.1/8").matches(b"10.9.9.9"));
+    assert!(Operator::compile("ipMatch", "10.0.0.0/99").is_err());
+    assert!(Operator::compile("ipMatch", "").is_err());
+}
+
+#[test]
+fn validators() {
+    let range = op("validateByteRange", "9,10,13,32-126");
+    assert!(!range.matches(b"plain text\r\n"));
+    assert!(range.matches(b"nul\0"));
+    assert!(range.matches(b"\xe9"));
+    assert!(Operator::compile("validateByteRange", "300").is_err());
+    assert!(Operator::compile("validateByteRange", "9-1").is_err());
+    assert!(Operator::compile("validateByteRange", "a-b").is_err());
+
+    let utf8 = op("validateUtf8Encoding", "");
+    assert!(!utf8.matches("héllo".as_bytes()));
+    assert!(utf8.matches(b"\xc0\xaf"), "overlong");
+    assert!(utf8.matches(b"\xed\xa0\x80"), "surrogate");
+    assert!(utf8.matches(b"\xe2\x82"), "truncated");
+
+    let url = op("validateUrlEncoding", "");
+    assert!(!url.matches(b"a%20b%2F"));
+    assert!(url.matches(b"100%"));
+    assert!(url.matches(b"%zz"));
+    assert!(url.matches(b"%4"));
+}
+
+#[test]
+fn conditions_and_negation() {
+    assert!(cond("@streq x").matches(b"x"));
+    assert!(!cond("!@streq x").matches(b"x"));
+    assert!(cond("!@streq x").matches(b"y"));
+    assert!(cond("^abc").matches(b"abcdef"), "a bare pattern is @rx");
+    assert!(cond("@unconditionalMatch").matches(b""));
+    assert!(!cond("@noMatch").matches(b"x"));
+    assert!(cond("!@noMatch").is_negated());
+    assert!(matches!(Condition::parse("@nope x"), Err(OperatorError::Unknown(n)) if n == "nope"));
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let ops = [
+        op("rx", "(?i)a.*b"),
+        op("pm", "a b c"),
+        op("within", "abc"),
+        op("eq", "1"),
+        op("ipMatch", "10.0.0.0/8"),
+        op("validateByteRange", "32-126"),
+        op("validateUtf8Encoding", ""),
+        op("validateUrlEncoding", ""),
+    ];
+    let mut seed = 0x9e37_79b9_u64;
+    for len in 0..200 {
+        let input: Vec<u8> = (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (seed >> 33) as u8
+            })
+            .collect();
+        for o in &ops {
+            let _ = o.matches(&input);
+        }
+    }
+}
