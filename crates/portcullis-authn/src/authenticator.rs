@@ -8,13 +8,14 @@ use std::time::Duration;
 use http::header::{AUTHORIZATION, HeaderName};
 use http::{Extensions, HeaderMap, Request};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
-use portcullis_core::{AuthMethod, ConfigError, PeerCertificate, Principal, Problem, Thumbprint};
+use portcullis_core::{
+    AuthMethod, Clock, ConfigError, PeerCertificate, Principal, Problem, SystemClock, Thumbprint,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::apikey::{ApiKeyStore, ct_eq};
 use crate::authz::{AuthzRules, claim_pointer};
 use crate::cache::{TokenCache, Verified, token_key};
-use crate::clock::{Clock, SystemClock};
 use crate::error::{AuthnError, Challenge, TokenError};
 use crate::jwks::Jwks;
 use crate::jwt::{ClaimMap, Issuer, JwtVerifier, Step};

@@ -57,7 +57,6 @@ mod apikey;
 mod authenticator;
 mod authz;
 mod cache;
-mod clock;
 mod config;
 mod error;
 mod fetch;
@@ -78,7 +77,6 @@ pub use authenticator::{
 };
 pub use authz::{AuthzConfig, AuthzRules, ClaimCondition, Requirement};
 pub use cache::TokenCache;
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     ApiKeysConfig, AuthnConfig, ClaimsConfig, ClientCertificateConfig, IssuerConfig,
     JwksCacheConfig, JwksConfig, JwtConfig, Method, SecretConfig, TokenCacheConfig,
@@ -92,4 +90,5 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::{CachePolicy, Jwks, JwksStatus};
 pub use keys::{JwksError, KeySet, MAX_KEYS};
 pub use layer::AuthnLayer;
+pub use portcullis_core::{Clock, ManualClock, SystemClock};
 pub use service::Authn;

@@ -67,6 +67,7 @@ macro_rules! serde_via_str {
 
 mod cidr;
 mod client_addr;
+mod clock;
 pub mod duration;
 mod error;
 mod principal;
@@ -83,6 +84,7 @@ pub use client_addr::{
     AddrSource, ClientAddr, ClientAddrConfig, DEFAULT_MAX_HOPS, ForwardedHeader, MAX_HOPS_LIMIT,
     TrustedProxies,
 };
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, ValueError};
 pub use principal::{
     AuthMethod, MAX_CLAIM_LEN, MAX_CLAIMS, MAX_ID_LEN, MAX_SCOPE_LEN, MAX_SCOPES, Principal,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -67,24 +67,6 @@ impl Window {
                 (to_secs(a), to_secs(b))
             }
         }
-    }
-}
-
-/// A wall clock in unix seconds (budgets are calendar-aligned), replaceable in tests.
-pub trait WallClock: Send + Sync + std::fmt::Debug + 'static {
-    /// Seconds since the Unix epoch.
-    fn now_unix(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemWallClock;
-
-impl WallClock for SystemWallClock {
-    fn now_unix(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
     }
 }
 

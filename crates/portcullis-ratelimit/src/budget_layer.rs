@@ -12,14 +12,13 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use portcullis_core::{ConfigError, Problem, Reason, TokenUsage, UsageSource};
+use portcullis_core::{Clock, ConfigError, Problem, Reason, SystemClock, TokenUsage, UsageSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::{Layer, Service};
 
 use crate::budget::{
-    Api, BudgetStore, Reservation, SystemWallClock, WallClock, Window, delta_text, estimate_tokens,
-    request_estimate, usage_of,
+    Api, BudgetStore, Reservation, Window, delta_text, estimate_tokens, request_estimate, usage_of,
 };
 use crate::config::{KeyConfig, RedisConfig};
 use crate::global::{FailureMode, RedisLimiter};
@@ -163,7 +162,7 @@ struct Budgets {
     max_body: usize,
     max_response: usize,
     max_retry_after: Option<Duration>,
-    clock: Arc<dyn WallClock>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Enforces LLM token budgets on `/v1/chat/completions`, `/v1/completions`,
@@ -207,7 +206,7 @@ impl TokenBudgetLayer {
     /// A [`ConfigError`] naming the field at fault.
     pub fn from_config(
         config: &TokenBudgetConfig,
-        clock: Arc<dyn WallClock>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
         if config.budgets.is_empty() {
             return Err(ConfigError::new(
@@ -292,7 +291,7 @@ impl TryFrom<&TokenBudgetConfig> for TokenBudgetLayer {
     type Error = ConfigError;
 
     fn try_from(config: &TokenBudgetConfig) -> Result<Self, ConfigError> {
-        Self::from_config(config, Arc::new(SystemWallClock))
+        Self::from_config(config, Arc::new(SystemClock))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::*;
 #[derive(Debug, Default)]
 struct FixedClock(AtomicU64);
 
-impl WallClock for FixedClock {
+impl portcullis_core::Clock for FixedClock {
     fn now_unix(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }

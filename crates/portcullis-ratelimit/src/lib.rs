@@ -48,8 +48,7 @@ mod policy;
 mod store;
 
 pub use budget::{
-    Api, BudgetStore, Reservation, SystemWallClock, WallClock, Window, delta_text, estimate_tokens,
-    request_estimate, usage_of,
+    Api, BudgetStore, Reservation, Window, delta_text, estimate_tokens, request_estimate, usage_of,
 };
 pub use budget_layer::{
     BudgetBody, BudgetConfig, CUT_OFF_EVENT, SseState, TokenBudget, TokenBudgetConfig,

@@ -15,12 +15,12 @@ use tower::{Layer, ServiceExt};
 use super::*;
 use crate::apikey::{ApiKeyConfig, hash_api_key};
 use crate::authz::AuthzConfig;
-use crate::clock::ManualClock;
 use crate::fetch::HttpFetch;
 use crate::jwks::CachePolicy;
 use crate::keys::KeySet;
 use crate::layer::AuthnLayer;
 use crate::testing::{ScriptedFetcher, jwks_of, upstream};
+use portcullis_core::ManualClock;
 
 fn keys() -> &'static JwtKeys {
     JwtKeys::shared().unwrap()

@@ -1,8 +1,8 @@
 //! Wall-clock time, behind a trait so tests can move it.
 //!
-//! Token lifetimes (`exp`, `nbf`, `iat`) are wall-clock instants, so they are checked against a
-//! [`Clock`] rather than `SystemTime::now()` directly. Intervals (JWKS refresh, cache lifetimes
-//! of fetched documents) use `tokio::time::Instant`, which tests pause and advance.
+//! Token lifetimes (`exp`, `nbf`, `iat`) and calendar-aligned budget windows are wall-clock
+//! instants, so layers read them from a [`Clock`] rather than `SystemTime::now()` directly.
+//! Intervals (JWKS refresh, rate-limit refill) use monotonic clocks of their own.
 
 use std::fmt;
 use std::sync::Arc;
