@@ -1,6 +1,6 @@
 //! Authorization rules: required scopes and roles, and conditions on claims.
 
-use portcullis_core::{ConfigError, Principal};
+use portcullis_core::{ConfigError, Principal, validate_scope_token};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -111,18 +111,13 @@ fn check_tokens(field: &str, req: &Requirement) -> Result<(), ConfigError> {
         ));
     }
     for (i, item) in items.iter().enumerate() {
-        let ok = !item.is_empty()
-            && item.len() <= 256
-            && item
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-        if !ok {
-            return Err(ConfigError::new(
+        validate_scope_token(item).map_err(|_| {
+            ConfigError::new(
                 format!("{field}[{i}]"),
                 "not a valid scope or role token",
                 "use printable ASCII without spaces, `\"` or `\\`",
-            ));
-        }
+            )
+        })?;
     }
     Ok(())
 }

@@ -88,7 +88,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ConfigError, ValueError};
 pub use principal::{
     AuthMethod, MAX_CLAIM_LEN, MAX_CLAIMS, MAX_ID_LEN, MAX_SCOPE_LEN, MAX_SCOPES, Principal,
-    PrincipalBuilder,
+    PrincipalBuilder, validate_scope_token,
 };
 pub use problem::{PROBLEM_JSON, PROBLEM_TYPE_BASE, Problem};
 pub use ratelimit::{

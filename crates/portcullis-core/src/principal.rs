@@ -299,6 +299,16 @@ impl PrincipalBuilder {
 }
 
 /// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+/// Checks a scope or role token: RFC 6749 §3.3 `scope-token`, 1 to [`MAX_SCOPE_LEN`] bytes of
+/// printable ASCII without spaces, `"` or `\`.
+///
+/// # Errors
+///
+/// If the token breaks that rule.
+pub fn validate_scope_token(token: &str) -> Result<(), ValueError> {
+    check_scope_token("scope token", token)
+}
+
 fn check_scope_token(what: &'static str, token: &str) -> Result<(), ValueError> {
     if token.is_empty() || token.len() > MAX_SCOPE_LEN {
         return Err(ValueError::new(
