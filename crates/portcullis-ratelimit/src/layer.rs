@@ -67,6 +67,8 @@ struct Limits<C: Clock> {
     policies: Vec<RateLimitPolicy<C>>,
     brute_force: Option<BruteForcePolicy<C>>,
     headers_on_success: bool,
+    /// Whether any policy is decided in Redis (and requests may have to wait for it).
+    any_global: bool,
 }
 
 /// Applies rate-limit policies and brute-force throttling to a service.
@@ -106,6 +108,7 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
     ) -> Self {
         Self {
             limits: Arc::new(Limits {
+                any_global: policies.iter().any(RateLimitPolicy::is_global),
                 policies,
                 brute_force,
                 headers_on_success,
@@ -202,25 +205,17 @@ where
                 .into_response();
             return ResponseFuture::rejected(response);
         }
-        let keyed: Vec<(usize, Key)> = limits
-            .policies
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                p.key(request.headers(), request.extensions())
-                    .map(|k| (i, k))
-            })
-            .collect();
         let bf = bf_key.map(|k| (Arc::clone(&self.limits), k));
-        if !keyed.iter().any(|(i, _)| {
-            limits
+        if !limits.any_global {
+            // Every policy is local: count in one pass, no waiting.
+            let counts = limits
                 .policies
-                .get(*i)
-                .is_some_and(RateLimitPolicy::is_global)
-        }) {
-            let counts = keyed
                 .iter()
-                .filter_map(|(i, k)| limits.policies.get(*i).map(|p| (*i, p.count_key(k))))
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    p.key(request.headers(), request.extensions())
+                        .map(|k| (i, p.count_key(&k)))
+                })
                 .collect();
             return match decide(limits, counts, bf) {
                 Err(response) => ResponseFuture::rejected(response),
@@ -232,6 +227,15 @@ where
                 },
             };
         }
+        let keyed: Vec<(usize, Key)> = limits
+            .policies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                p.key(request.headers(), request.extensions())
+                    .map(|k| (i, k))
+            })
+            .collect();
         // A global policy needs Redis: the service made ready goes with the request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -227,16 +227,13 @@ impl<C: Clock + Clone> RateLimitPolicy<C> {
         self.decision(self.count_key(key))
     }
 
-    /// How restrictive a count is, for choosing the deciding policy: limited counts with
-    /// longer waits first, then allowed counts with less quota left relative to the limit.
-    pub(crate) fn severity(&self, count: Count) -> (bool, Duration, std::cmp::Reverse<u64>) {
+    /// How restrictive a count by this policy is (see [`Restrictiveness`]).
+    pub(crate) fn severity(&self, count: Count) -> Restrictiveness {
         match count {
-            Count::Limited { wait } => (true, wait, std::cmp::Reverse(0)),
-            Count::Allowed { remaining } => (
-                false,
-                Duration::ZERO,
-                std::cmp::Reverse(u64::from(remaining) * 1_000_000 / u64::from(self.burst.max(1))),
-            ),
+            Count::Limited { wait } => restrictiveness(Some(wait), 0, u64::from(self.burst)),
+            Count::Allowed { remaining } => {
+                restrictiveness(None, u64::from(remaining), u64::from(self.burst))
+            }
         }
     }
 }
@@ -272,21 +269,27 @@ fn fallback(name: &str) -> RateLimitDecision {
     .unwrap_or_else(|_| fallback("invalid"))
 }
 
+/// The order in which decisions decide: limited before allowed, then the longer wait, then
+/// the smaller share of the quota left. Greater is more restrictive.
+pub(crate) type Restrictiveness = (bool, Duration, std::cmp::Reverse<u128>);
+
+fn restrictiveness(wait: Option<Duration>, remaining: u64, limit: u64) -> Restrictiveness {
+    (
+        wait.is_some(),
+        wait.unwrap_or_default(),
+        std::cmp::Reverse(u128::from(remaining) * 1_000_000 / u128::from(limit.max(1))),
+    )
+}
+
 /// Of several decisions, the one that decides: a limited one with the longest wait, else the
 /// allowed one with the least quota left (relative to its limit).
 pub fn most_restrictive(decisions: &[RateLimitDecision]) -> Option<&RateLimitDecision> {
-    decisions.iter().max_by(|a, b| {
-        let key = |d: &RateLimitDecision| {
-            (
-                d.is_limited(),
-                d.retry_after().unwrap_or_default(),
-                // Less remaining (as a share of the limit) is more restrictive.
-                std::cmp::Reverse(
-                    u128::from(d.remaining()) * 1_000_000 / u128::from(d.limit().max(1)),
-                ),
-            )
-        };
-        key(a).cmp(&key(b))
+    decisions.iter().max_by_key(|d| {
+        restrictiveness(
+            d.is_limited().then(|| d.retry_after().unwrap_or_default()),
+            d.remaining(),
+            d.limit(),
+        )
     })
 }
 
