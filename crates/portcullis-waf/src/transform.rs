@@ -321,83 +321,88 @@ fn utf8_to_unicode(input: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-fn html_entity_decode(input: &[u8]) -> Cow<'_, [u8]> {
-    if !input.contains(&b'&') {
+/// Copies `input`, handing each `marker` byte to `decode`: it gets the input from the marker
+/// on and the output buffer, appends what the escape stands for, and returns how many bytes it
+/// consumed (at least the marker). The runs between markers are copied whole.
+fn decode_escapes(
+    input: &[u8],
+    marker: u8,
+    mut decode: impl FnMut(&[u8], &mut Vec<u8>) -> usize,
+) -> Cow<'_, [u8]> {
+    if !input.contains(&marker) {
         return Cow::Borrowed(input);
     }
     let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while let Some(&b) = input.get(i) {
-        if b != b'&' {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let rest = input.get(i + 1..).unwrap_or_default();
-        let decoded = if rest.first() == Some(&b'#') {
-            let (radix, digits_at) = match rest.get(1) {
-                Some(b'x' | b'X') => (16, 2),
-                _ => (10, 1),
-            };
-            let digits: Vec<u8> = rest
-                .get(digits_at..)
-                .unwrap_or_default()
-                .iter()
-                .copied()
-                .take_while(|d| {
-                    if radix == 16 {
-                        d.is_ascii_hexdigit()
-                    } else {
-                        d.is_ascii_digit()
-                    }
-                })
-                .take(8)
-                .collect();
-            if digits.is_empty() {
-                None
-            } else {
-                let text = String::from_utf8_lossy(&digits);
-                let value = u32::from_str_radix(&text, radix).unwrap_or(0);
-                let mut used = digits_at + digits.len();
-                if rest.get(used) == Some(&b';') {
-                    used += 1;
-                }
-                // ModSecurity keeps the low byte.
-                Some(((value & 0xff) as u8, used))
-            }
-        } else {
-            [
-                (&b"quot"[..], b'"'),
-                (b"amp", b'&'),
-                (b"lt", b'<'),
-                (b"gt", b'>'),
-                (b"nbsp", 0xa0),
-            ]
-            .iter()
-            .find(|(name, _)| {
-                rest.get(..name.len())
-                    .is_some_and(|r| r.eq_ignore_ascii_case(name))
-            })
-            .map(|(name, byte)| {
-                let mut used = name.len();
-                if rest.get(used) == Some(&b';') {
-                    used += 1;
-                }
-                (*byte, used)
-            })
-        };
-        match decoded {
-            Some((byte, used)) => {
-                out.push(byte);
-                i += 1 + used;
-            }
-            None => {
-                out.push(b'&');
-                i += 1;
-            }
-        }
+    let mut rest = input;
+    while let Some((plain, escape)) = rest
+        .iter()
+        .position(|&b| b == marker)
+        .and_then(|at| rest.split_at_checked(at))
+    {
+        out.extend_from_slice(plain);
+        let used = decode(escape, &mut out).clamp(1, escape.len());
+        rest = escape.get(used..).unwrap_or_default();
     }
+    out.extend_from_slice(rest);
     Cow::Owned(out)
+}
+
+/// Up to `max` digits of `radix` at the start of `s`: their value and count.
+fn digits_value(s: &[u8], radix: u32, max: usize) -> (u32, usize) {
+    s.iter()
+        .take(max)
+        .map_while(|&d| char::from(d).to_digit(radix))
+        .fold((0u32, 0), |(value, n), d| {
+            (value.wrapping_mul(radix).wrapping_add(d), n + 1)
+        })
+}
+
+/// `&...;` references, from the `&`: the decoded byte and the bytes consumed.
+fn html_entity(escape: &[u8]) -> Option<(u8, usize)> {
+    let rest = escape.get(1..)?;
+    let (byte, mut used) = if rest.first() == Some(&b'#') {
+        let (radix, digits_at) = match rest.get(1) {
+            Some(b'x' | b'X') => (16, 2),
+            _ => (10, 1),
+        };
+        let (value, n) = digits_value(rest.get(digits_at..)?, radix, 8);
+        if n == 0 {
+            return None;
+        }
+        // ModSecurity keeps the low byte.
+        ((value & 0xff) as u8, digits_at + n)
+    } else {
+        [
+            (&b"quot"[..], b'"'),
+            (b"amp", b'&'),
+            (b"lt", b'<'),
+            (b"gt", b'>'),
+            (b"nbsp", 0xa0),
+        ]
+        .iter()
+        .find(|(name, _)| {
+            rest.get(..name.len())
+                .is_some_and(|r| r.eq_ignore_ascii_case(name))
+        })
+        .map(|(name, byte)| (*byte, name.len()))?
+    };
+    if rest.get(used) == Some(&b';') {
+        used += 1;
+    }
+    Some((byte, 1 + used))
+}
+
+fn html_entity_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    decode_escapes(input, b'&', |escape, out| match html_entity(escape) {
+        Some((byte, used)) => {
+            out.push(byte);
+            used
+        }
+        None => {
+            out.push(b'&');
+            1
+        }
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -407,22 +412,12 @@ enum Dialect {
 }
 
 fn backslash_decode(input: &[u8], dialect: Dialect) -> Cow<'_, [u8]> {
-    if !input.contains(&b'\\') {
-        return Cow::Borrowed(input);
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while let Some(&b) = input.get(i) {
-        if b != b'\\' {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let Some(&next) = input.get(i + 1) else {
+    decode_escapes(input, b'\\', |escape, out| {
+        let Some(&next) = escape.get(1) else {
             out.push(b'\\');
-            break;
+            return 1;
         };
-        let rest = input.get(i + 2..).unwrap_or_default();
+        let rest = escape.get(2..).unwrap_or_default();
         let simple = match next {
             b'a' => Some(0x07),
             b'b' => Some(0x08),
@@ -435,98 +430,73 @@ fn backslash_decode(input: &[u8], dialect: Dialect) -> Cow<'_, [u8]> {
         };
         if let Some(byte) = simple {
             out.push(byte);
-            i += 2;
+            2
         } else if next == b'x'
             && let Some(byte) = hex2_at(rest, 0)
         {
             out.push(byte);
-            i += 4;
+            4
         } else if dialect == Dialect::Js
             && next == b'u'
             && let Some(byte) = unicode_at(rest, 0)
         {
             out.push(byte);
-            i += 6;
+            6
         } else if (b'0'..=b'7').contains(&next) {
-            let digits: Vec<u8> = input
-                .get(i + 1..)
-                .unwrap_or_default()
-                .iter()
-                .copied()
-                .take_while(|d| (b'0'..=b'7').contains(d))
-                .take(3)
-                .collect();
-            let value = digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            let (value, n) = digits_value(escape.get(1..).unwrap_or_default(), 8, 3);
             out.push((value & 0xff) as u8);
-            i += 1 + digits.len();
+            1 + n
         } else if dialect == Dialect::C && !matches!(next, b'\\' | b'?' | b'\'' | b'"') {
             // Unknown C escapes are kept whole.
-            out.push(b'\\');
-            out.push(next);
-            i += 2;
+            out.extend_from_slice(&[b'\\', next]);
+            2
         } else {
             out.push(next);
-            i += 2;
+            2
         }
-    }
-    Cow::Owned(out)
+    })
 }
 
 fn css_decode(input: &[u8]) -> Cow<'_, [u8]> {
-    if !input.contains(&b'\\') {
-        return Cow::Borrowed(input);
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while let Some(&b) = input.get(i) {
-        if b != b'\\' {
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        let rest = input.get(i + 1..).unwrap_or_default();
+    decode_escapes(input, b'\\', |escape, out| {
+        let rest = escape.get(1..).unwrap_or_default();
         let digits = rest
             .iter()
             .take(6)
             .take_while(|d| d.is_ascii_hexdigit())
             .count();
-        if digits > 0 {
-            // ModSecurity keeps the last byte, mapping full-width ASCII back.
-            let mut byte = if digits == 1 {
-                rest.first().copied().and_then(hex).unwrap_or(0)
-            } else {
-                hex2_at(rest, digits - 2).unwrap_or(0)
-            };
-            let full_width = digits >= 4
-                && rest
-                    .get(digits - 4..digits - 2)
-                    .is_some_and(|hi| hi.eq_ignore_ascii_case(b"ff"));
-            if full_width && byte > 0 && byte < 0x5f {
-                byte += 0x20;
-            }
-            out.push(byte);
-            i += 1 + digits;
-            if input.get(i).is_some_and(|&c| is_space(c) && c != 0xa0) {
-                i += 1;
-            }
-        } else {
-            match rest.first() {
+        if digits == 0 {
+            return match rest.first() {
                 // An escaped newline is a line continuation: dropped.
-                Some(b'\n') => i += 2,
+                Some(b'\n') => 2,
                 Some(&c) => {
                     out.push(c);
-                    i += 2;
+                    2
                 }
                 None => {
                     out.push(b'\\');
-                    i += 1;
+                    1
                 }
-            }
+            };
         }
-    }
-    Cow::Owned(out)
+        // ModSecurity keeps the last byte, mapping full-width ASCII back.
+        let mut byte = if digits == 1 {
+            rest.first().copied().and_then(hex).unwrap_or(0)
+        } else {
+            hex2_at(rest, digits - 2).unwrap_or(0)
+        };
+        let full_width = digits >= 4
+            && rest
+                .get(digits - 4..digits - 2)
+                .is_some_and(|hi| hi.eq_ignore_ascii_case(b"ff"));
+        if full_width && byte > 0 && byte < 0x5f {
+            byte += 0x20;
+        }
+        out.push(byte);
+        // One whitespace character after the hex digits belongs to the escape.
+        let trailing = rest.get(digits).is_some_and(|&c| is_space(c) && c != 0xa0);
+        1 + digits + usize::from(trailing)
+    })
 }
 
 fn compress_whitespace(input: &[u8]) -> Cow<'_, [u8]> {
