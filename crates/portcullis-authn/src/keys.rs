@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The most keys taken from one JWKS document.
@@ -117,7 +118,7 @@ impl KeySet {
             if set.keys.len() == MAX_KEYS {
                 break;
             }
-            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+            let Ok(jwk) = Jwk::deserialize(raw) else {
                 continue;
             };
             if let Some(key) = usable_key(&jwk) {
