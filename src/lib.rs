@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`core`] | `portcullis-core`: the vocabulary layers exchange through extensions, problem responses, client-address resolution | `core` |
 //! | [`ztls`] | `portcullis-ztls`: rustls mTLS server configs with SNI, CRLs and hot reload; the handshake's identity in every request; SPIFFE/SAN policy layer | `ztls` |
+//! | [`waf`] | `portcullis-waf`: signature engine with ModSecurity semantics, the `ai-guard` prompt-injection pack, the response data-leak guard | `waf` |
 //! | [`ratelimit`] | `portcullis-ratelimit`: keyed GCRA policies (local and Redis), brute-force lock-outs, LLM token budgets | `ratelimit` |
 //! | [`authn`] | `portcullis-authn`: JWT + JWKS (OIDC discovery), API keys, client certificates, claims-based authorization | `authn` |
 //!

@@ -101,4 +101,4 @@ pub use tls::{
     MAX_NAME_LEN, MAX_SANS, MAX_SERIAL_LEN, PeerCertificate, PeerCertificateBuilder, Thumbprint,
     TlsInfo, TlsVersion,
 };
-pub use waf::{MAX_MATCHED_RULES, MAX_REDACTION_KINDS, WafAction, WafVerdict};
+pub use waf::{IncidentId, MAX_MATCHED_RULES, MAX_REDACTION_KINDS, WafAction, WafVerdict};

@@ -51,6 +51,7 @@ pub const PROBLEM_TYPE_BASE: &str = "https://portcullis.dev/problems/";
 pub struct Problem {
     rejection: Rejection,
     detail: Option<&'static str>,
+    instance: Option<String>,
     headers: HeaderMap,
 }
 
@@ -63,6 +64,8 @@ struct Body<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
 }
 
 impl Problem {
@@ -85,6 +88,7 @@ impl Problem {
         Self {
             rejection,
             detail: None,
+            instance: None,
             headers: HeaderMap::new(),
         }
     }
@@ -147,6 +151,7 @@ impl Problem {
             status: self.rejection.status().as_u16(),
             code,
             detail: self.detail,
+            instance: self.instance.as_deref(),
         };
         // Serializing plain strings and integers to a Vec cannot fail; if it ever did, the
         // minimal object below still tells the client what happened.
@@ -154,6 +159,13 @@ impl Problem {
             Ok(json) => Bytes::from(json),
             Err(_) => Bytes::from_static(br#"{"title":"Request rejected"}"#),
         }
+    }
+
+    /// Sets the problem's `instance` to an incident id (a random value the client can quote to
+    /// support; it says nothing about what matched).
+    pub fn incident(mut self, incident: crate::waf::IncidentId) -> Self {
+        self.instance = Some(incident.urn());
+        self
     }
 
     /// Builds the response, with the [`Rejection`] in its extensions.

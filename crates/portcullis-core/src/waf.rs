@@ -12,6 +12,36 @@ pub const MAX_MATCHED_RULES: usize = 128;
 /// The most distinct redaction kinds a verdict records.
 pub const MAX_REDACTION_KINDS: usize = 64;
 
+/// A random identifier of one blocked exchange, shown to the client (as the problem's
+/// `instance`) and written to the audit log, so support can find the record without the client
+/// learning which rule matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IncidentId(u128);
+
+impl IncidentId {
+    /// An incident id from 128 random bits.
+    pub fn from_u128(bits: u128) -> Self {
+        Self(bits)
+    }
+
+    /// The `urn:` form used as the problem's `instance`.
+    pub fn urn(&self) -> String {
+        format!("urn:portcullis:incident:{self}")
+    }
+}
+
+impl std::fmt::Display for IncidentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl Serialize for IncidentId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// What the WAF did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -59,6 +89,8 @@ pub struct WafVerdict {
     rules_truncated: bool,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     redactions: BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incident: Option<IncidentId>,
 }
 
 impl WafVerdict {
@@ -79,6 +111,7 @@ impl WafVerdict {
             matched_rules: Vec::new(),
             rules_truncated: false,
             redactions: BTreeMap::new(),
+            incident: None,
         })
     }
 
@@ -130,6 +163,17 @@ impl WafVerdict {
         }
         self.escalate(WafAction::Redact);
         Ok(())
+    }
+
+    /// Sets the incident id that a blocked client was given, so the audit record and the
+    /// client's problem response can be matched.
+    pub fn set_incident(&mut self, incident: IncidentId) {
+        self.incident = Some(incident);
+    }
+
+    /// The incident id, when the exchange was blocked.
+    pub fn incident(&self) -> Option<IncidentId> {
+        self.incident
     }
 
     /// What the WAF did.

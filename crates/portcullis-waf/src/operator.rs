@@ -108,7 +108,7 @@ impl fmt::Debug for Operator {
 
 /// Rewrites `\x{hh}` (one or two hex digits) to `\xhh`, which byte-mode regexes accept, leaving
 /// longer code points as they are.
-fn rewrite_hex_escapes(pattern: &str) -> String {
+pub(crate) fn rewrite_hex_escapes(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len());
     let mut rest = pattern;
     while let Some(at) = rest.find("\\x{") {
@@ -328,6 +328,11 @@ pub struct Condition {
 }
 
 impl Condition {
+    /// A condition from a compiled operator.
+    pub fn new(operator: Operator, negated: bool) -> Self {
+        Self { operator, negated }
+    }
+
     /// Parses `@name param`, `!@name param`, or a bare regex (ModSecurity's default `@rx`).
     ///
     /// # Errors

@@ -69,6 +69,15 @@ pub enum Transform {
     TrimLeft,
     /// Strips trailing whitespace.
     TrimRight,
+    /// Prompt text normalisation (not in ModSecurity): drops invisible and format characters
+    /// (zero-width, bidi controls, variation selectors, soft hyphen, combining marks), reveals
+    /// Unicode tag characters as the ASCII they encode, maps full-width forms and Cyrillic and
+    /// Greek look-alikes to ASCII letters.
+    NormalizeText,
+    /// Decodes embedded encoded blobs (not in ModSecurity): every base64 run of 16+ characters
+    /// and hex run of 16+ digits that decodes to mostly printable text, one per line; empty when
+    /// there is none.
+    DecodeBlobs,
 }
 
 const NAMES: &[(&str, Transform)] = &[
@@ -100,6 +109,8 @@ const NAMES: &[(&str, Transform)] = &[
     ("trim", Transform::Trim),
     ("trimLeft", Transform::TrimLeft),
     ("trimRight", Transform::TrimRight),
+    ("normalizeText", Transform::NormalizeText),
+    ("decodeBlobs", Transform::DecodeBlobs),
 ];
 
 /// An unknown transformation name.
@@ -168,6 +179,8 @@ impl Transform {
             Self::Trim => trim(input, true, true),
             Self::TrimLeft => trim(input, true, false),
             Self::TrimRight => trim(input, false, true),
+            Self::NormalizeText => crate::text::normalize_text(input),
+            Self::DecodeBlobs => Cow::Owned(crate::text::decode_blobs(input)),
         }
     }
 }
@@ -689,7 +702,7 @@ fn cmd_line(input: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-fn base64_decode(input: &[u8], forgiving: bool) -> Vec<u8> {
+pub(crate) fn base64_decode(input: &[u8], forgiving: bool) -> Vec<u8> {
     let value = |b: u8| -> Option<u32> {
         match b {
             b'A'..=b'Z' => Some(u32::from(b - b'A')),

@@ -42,6 +42,7 @@ fn unchanged_values_are_borrowed() {
                 | Transform::HexEncode
                 | Transform::Sha1
                 | Transform::Length
+                | Transform::DecodeBlobs
         ) {
             continue;
         }

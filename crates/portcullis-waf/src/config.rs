@@ -1,0 +1,127 @@
+//! The WAF's serde configuration, shared by library users, manifest files and the
+//! `PortcullisPolicy` resource.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::leak::LeakGuardConfig;
+
+/// What the engine does with its verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// No inspection at all.
+    Off,
+    /// Rules run and verdicts are recorded, but nothing is blocked or redacted.
+    DetectionOnly,
+    /// Verdicts are enforced.
+    #[default]
+    Blocking,
+}
+
+/// What happens to a request body larger than the inspection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OverLimit {
+    /// 413 problem response (fail closed).
+    #[default]
+    Reject,
+    /// Inspect the first `limit` bytes and pass the whole body on.
+    InspectPrefix,
+}
+
+/// What a body that does not parse (bad JSON, multipart or percent-encoding) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnMalformed {
+    /// 400 problem response (fail closed).
+    #[default]
+    Reject,
+    /// Adds a critical score (5) as rule 200002 would.
+    Score,
+    /// Only recorded (rule 200002 in the verdict).
+    Log,
+}
+
+/// Request body handling.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct BodyConfig {
+    /// The most bytes buffered for inspection (default 1 MiB).
+    pub limit: usize,
+    /// Bodies over the limit.
+    pub over_limit: OverLimit,
+    /// Malformed bodies.
+    pub on_malformed: OnMalformed,
+    /// The most arguments a body or query string yields (default 10,000).
+    pub max_args: usize,
+    /// The deepest JSON nesting followed (default 64).
+    pub max_depth: usize,
+}
+
+impl Default for BodyConfig {
+    fn default() -> Self {
+        Self {
+            limit: 1024 * 1024,
+            over_limit: OverLimit::Reject,
+            on_malformed: OnMalformed::Reject,
+            max_args: 10_000,
+            max_depth: 64,
+        }
+    }
+}
+
+/// The WAF configuration.
+///
+/// ```
+/// use portcullis_waf::{Waf, WafConfig};
+///
+/// let config: WafConfig = serde_json::from_str(r#"{
+///     "mode": "blocking",
+///     "packs": ["ai-guard"],
+///     "paranoiaLevel": 1,
+///     "inboundThreshold": 5
+/// }"#)?;
+/// let waf = Waf::try_from(config)?;
+/// assert!(waf.rules().rules().len() > 10);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct WafConfig {
+    /// Off, detection only, or blocking (the default).
+    pub mode: Mode,
+    /// Built-in rule packs by name (`ai-guard`).
+    pub packs: Vec<String>,
+    /// Rule pack files (YAML).
+    pub rule_files: Vec<PathBuf>,
+    /// The paranoia level (1–4): rules above it do not run.
+    pub paranoia_level: u8,
+    /// The request anomaly score at which a request is blocked.
+    pub inbound_threshold: u32,
+    /// Rules switched off by id.
+    pub disabled_rules: Vec<u32>,
+    /// Rules switched off by tag.
+    pub disabled_tags: Vec<String>,
+    /// Request body handling.
+    pub body: BodyConfig,
+    /// The response data-leak guard (off unless configured).
+    pub leak_guard: Option<LeakGuardConfig>,
+}
+
+impl Default for WafConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Blocking,
+            packs: Vec::new(),
+            rule_files: Vec::new(),
+            paranoia_level: 1,
+            inbound_threshold: 5,
+            disabled_rules: Vec::new(),
+            disabled_tags: Vec::new(),
+            body: BodyConfig::default(),
+            leak_guard: None,
+        }
+    }
+}
