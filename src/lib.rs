@@ -38,3 +38,7 @@ pub use portcullis_ztls as ztls;
 #[cfg(feature = "ratelimit")]
 #[doc(inline)]
 pub use portcullis_ratelimit as ratelimit;
+
+#[cfg(feature = "waf")]
+#[doc(inline)]
+pub use portcullis_waf as waf;

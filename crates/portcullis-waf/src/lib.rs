@@ -25,6 +25,7 @@
 mod body;
 mod config;
 mod engine;
+mod layer;
 pub mod leak;
 mod operator;
 mod request;
@@ -40,6 +41,7 @@ pub use body::{
 };
 pub use config::{BodyConfig, Mode, OnMalformed, OverLimit, WafConfig};
 pub use engine::{Evaluation, RuleMatch, RuleSet};
+pub use layer::{BoxError, RequestBody, ResponseBody, ResponseFuture, WafLayer, WafService};
 pub use leak::{Finding, LeakAction, LeakClass, LeakGuard, LeakGuardConfig, LeakStream};
 pub use operator::{Comparison, Condition, Operator, OperatorError};
 pub use request::{Exchange, Item, ParseOptions};

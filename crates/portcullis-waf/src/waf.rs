@@ -213,14 +213,32 @@ impl Waf {
         }
     }
 
+    /// Inspects the first part of a request body that was over the inspection limit: a parse
+    /// error there is the cut, not malformed input, so it is not a finding.
+    pub fn inspect_request_prefix(
+        &self,
+        parts: &http::request::Parts,
+        prefix: &[u8],
+    ) -> Inspection {
+        if self.inner.mode == Mode::Off {
+            return self.empty();
+        }
+        let exchange = self.exchange(parts, prefix);
+        self.inspect(&exchange, true)
+    }
+
     /// Inspects an already extracted request.
     pub fn inspect_exchange(&self, exchange: &Exchange) -> Inspection {
+        self.inspect(exchange, false)
+    }
+
+    fn inspect(&self, exchange: &Exchange, partial: bool) -> Inspection {
         if self.inner.mode == Mode::Off {
             return self.empty();
         }
         let mut evaluation = self.inner.rules.evaluate(exchange, Phase::Request);
         let mut reject = None;
-        if let Some(error) = exchange.body_error() {
+        if let Some(error) = exchange.body_error().filter(|_| !partial) {
             let (score, action) = match self.inner.body.on_malformed {
                 OnMalformed::Reject => {
                     reject = Some(Reason::UninspectableBody);
