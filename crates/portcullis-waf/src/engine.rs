@@ -69,6 +69,8 @@ pub struct RuleSet {
     request: Vec<Step>,
     response: Vec<Step>,
     groups: usize,
+    /// The most patterns in one group: one pattern set of this size serves every group.
+    widest: usize,
 }
 
 fn intern(pipelines: &mut Vec<Arc<[Transform]>>, link: &mut Link) {
@@ -112,12 +114,22 @@ impl RuleSet {
         }
         let (request, g1) = plan(&kept, Phase::Request);
         let (response, g2) = plan(&kept, Phase::Response);
+        let widest = request
+            .iter()
+            .chain(&response)
+            .map(|s| match s {
+                Step::Group(g) => g.regex.pattern_len(),
+                Step::Single(_) => 0,
+            })
+            .max()
+            .unwrap_or(0);
         Ok(Self {
             rules: kept,
             pipelines,
             request,
             response,
             groups: g1 + g2,
+            widest,
         })
     }
 
@@ -148,6 +160,7 @@ impl RuleSet {
         let mut eval = Evaluation::default();
         let mut cache = Cache::default();
         let mut matched = vec![false; self.rules.len()];
+        let mut set = PatternSet::new(self.widest);
         for step in self.steps(phase) {
             match step {
                 Step::Single(i) => {
@@ -172,7 +185,6 @@ impl RuleSet {
                     }
                 }
                 Step::Group(g) => {
-                    let mut set = PatternSet::new(g.regex.pattern_len());
                     let mut hits: Vec<(usize, String)> = Vec::new();
                     visit(&g.targets, exchange, |v| {
                         let value = cache.get(&self.pipelines, g.pipeline_id, v.key, v.raw);

@@ -37,7 +37,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use portcullis_core::{ConfigError, Problem, Reason, WafAction};
+use portcullis_core::{ConfigError, Problem, Reason};
 
 use crate::config::{OverLimit, WafConfig};
 use crate::leak::{LeakGuard, LeakStream};
@@ -211,9 +211,7 @@ where
                     trailers: None,
                 }
             });
-            let mut verdict = inspection.verdict;
-            verdict.escalate(WafAction::Allow);
-            parts.extensions.insert(verdict);
+            parts.extensions.insert(inspection.verdict);
             Ok(Response::from_parts(
                 parts,
                 ResponseBody {
@@ -291,6 +289,27 @@ struct LeakState {
     trailers: Option<HeaderMap>,
 }
 
+impl LeakState {
+    /// Queues what a scan step lets through. A block ends the body: with a final error event
+    /// for SSE, otherwise with a body error so the client cannot take a cut body for a whole one.
+    fn apply(&mut self, step: crate::leak::StreamOutput) -> Result<(), BoxError> {
+        if self.detect_only {
+            return Ok(());
+        }
+        if step.blocked {
+            if self.sse {
+                self.out.push_back(Bytes::from_static(SSE_CUT_OFF));
+                return Ok(());
+            }
+            return Err("response withheld by the leak guard".into());
+        }
+        if !step.emit.is_empty() {
+            self.out.push_back(Bytes::from(step.emit));
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for LeakState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeakState")
@@ -360,59 +379,30 @@ where
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => {
-                            if state.detect_only {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let step = match frame.into_data() {
+                            Ok(data) if state.detect_only => {
                                 let _ = state.stream.push(&data);
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             }
-                            let step = state.stream.push(&data);
-                            if step.blocked {
+                            Ok(data) => state.stream.push(&data),
+                            // Trailers end the data: flush first, then pass them on.
+                            Err(frame) => {
                                 *done = true;
-                                if state.sse {
-                                    state.out.push_back(Bytes::from_static(SSE_CUT_OFF));
-                                    continue;
-                                }
-                                return Poll::Ready(Some(Err(
-                                    "response withheld by the leak guard".into(),
-                                )));
+                                state.trailers = frame.into_trailers().ok();
+                                state.stream.finish()
                             }
-                            if !step.emit.is_empty() {
-                                state.out.push_back(Bytes::from(step.emit));
-                            }
+                        };
+                        *done |= step.blocked;
+                        if let Err(e) = state.apply(step) {
+                            return Poll::Ready(Some(Err(e)));
                         }
-                        // Trailers end the data: flush first, then pass them on.
-                        Err(frame) => {
-                            let step = state.stream.finish();
-                            *done = true;
-                            state.trailers = frame.into_trailers().ok();
-                            if step.blocked && !state.detect_only {
-                                return Poll::Ready(Some(Err(
-                                    "response withheld by the leak guard".into(),
-                                )));
-                            }
-                            if !state.detect_only && !step.emit.is_empty() {
-                                state.out.push_back(Bytes::from(step.emit));
-                            }
-                        }
-                    },
+                    }
                     Poll::Ready(None) => {
                         *done = true;
                         let step = state.stream.finish();
-                        if state.detect_only {
-                            continue;
-                        }
-                        if step.blocked {
-                            if state.sse {
-                                state.out.push_back(Bytes::from_static(SSE_CUT_OFF));
-                                continue;
-                            }
-                            return Poll::Ready(Some(Err(
-                                "response withheld by the leak guard".into()
-                            )));
-                        }
-                        if !step.emit.is_empty() {
-                            state.out.push_back(Bytes::from(step.emit));
+                        if let Err(e) = state.apply(step) {
+                            return Poll::Ready(Some(Err(e)));
                         }
                     }
                 }

@@ -807,7 +807,7 @@ fn numeric_findings(text: &[u8], range: Range<usize>, kinds: [bool; 3], out: &mu
 /// Which numeric format a window of digit groups is, if any.
 fn classify(hit: &[u8], window: &[(usize, usize, u8)], kinds: [bool; 3]) -> Option<&'static str> {
     let [card_on, ssn_on, id_on] = kinds;
-    let d = check::digit_values(hit);
+    let d = check::digits(hit);
     let lens: Vec<usize> = window.iter().map(|(s, e, _)| e - s).collect();
     let seps: Vec<u8> = window.iter().skip(1).map(|&(_, _, s)| s).collect();
     let one_sep = seps.windows(2).all(|w| w.first() == w.get(1));

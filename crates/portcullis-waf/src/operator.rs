@@ -200,18 +200,7 @@ impl Operator {
                     .map_err(|e| bad("rx", e.to_string()))?;
                 Self::Rx(Arc::new(regex))
             }
-            "pm" => {
-                let phrases: Vec<&str> = param.split_whitespace().collect();
-                if phrases.is_empty() {
-                    return Err(bad("pm", "no phrase"));
-                }
-                let ac = AhoCorasickBuilder::new()
-                    .ascii_case_insensitive(true)
-                    .match_kind(MatchKind::LeftmostFirst)
-                    .build(&phrases)
-                    .map_err(|e| bad("pm", e.to_string()))?;
-                Self::Pm(Arc::new(ac))
-            }
+            "pm" => Self::phrases(param.split_whitespace())?,
             "streq" => Self::StrEq(param.as_bytes().to_vec()),
             "contains" => Self::Contains(param.as_bytes().to_vec()),
             "beginsWith" => Self::BeginsWith(param.as_bytes().to_vec()),
@@ -267,6 +256,24 @@ impl Operator {
             other => return Err(OperatorError::Unknown(other.to_owned())),
         };
         Ok(op)
+    }
+
+    /// `@pm`: any of `phrases` (empty ones ignored), ASCII case-insensitive.
+    ///
+    /// # Errors
+    ///
+    /// No phrase, or a set too large for the automaton.
+    pub fn phrases<'a>(phrases: impl IntoIterator<Item = &'a str>) -> Result<Self, OperatorError> {
+        let phrases: Vec<&str> = phrases.into_iter().filter(|p| !p.is_empty()).collect();
+        if phrases.is_empty() {
+            return Err(bad("pm", "no phrase"));
+        }
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(&phrases)
+            .map_err(|e| bad("pm", e.to_string()))?;
+        Ok(Self::Pm(Arc::new(ac)))
     }
 
     /// Whether `value` matches.

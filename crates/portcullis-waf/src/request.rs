@@ -301,6 +301,11 @@ const TRUSTED_ROLES: [&str; 4] = ["system", "developer", "assistant", "model"];
 /// legacy completions (`prompt`). The system prompt (`system`, system/developer messages) and
 /// assistant turns are left out.
 fn prompt_items(args: &[body::Arg]) -> Vec<Item> {
+    // `messages.3` -> its role, gathered in one pass (roles sort after `content`).
+    let roles: std::collections::HashMap<&str, &[u8]> = args
+        .iter()
+        .filter_map(|a| Some((a.name.strip_suffix(".role")?, a.value.as_slice())))
+        .collect();
     let mut out = Vec::new();
     for arg in args {
         let name = arg.name.as_str();
@@ -325,11 +330,8 @@ fn prompt_items(args: &[body::Arg]) -> Vec<Item> {
         if !leaf_is_text {
             continue;
         }
-        let role_key = format!("{list}.{index}.role");
-        let role = args
-            .iter()
-            .find(|a| a.name == role_key)
-            .map(|a| a.value.as_slice());
+        let message = name.get(..list.len() + 1 + index.len()).unwrap_or_default();
+        let role = roles.get(message);
         let trusted = role.is_some_and(|r| {
             TRUSTED_ROLES
                 .iter()

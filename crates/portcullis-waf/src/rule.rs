@@ -15,7 +15,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasickBuilder, MatchKind};
 use portcullis_core::ConfigError;
 use serde::Deserialize;
 
@@ -281,27 +280,8 @@ fn compile_operator(
             "fix the operator's parameter",
         )
     };
-    let phrases = |list: &[String]| -> Result<Operator, ConfigError> {
-        let list: Vec<&str> = list
-            .iter()
-            .map(|s| s.as_str())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if list.is_empty() {
-            return Err(rule_error(
-                id,
-                "operator",
-                "no phrase",
-                "list at least one phrase",
-            ));
-        }
-        let ac = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(&list)
-            .map_err(|e| rule_error(id, "operator", e.to_string(), "shorten the phrase list"))?;
-        Ok(Operator::Pm(Arc::new(ac)))
-    };
+    let phrases =
+        |list: &[String]| Operator::phrases(list.iter().map(String::as_str)).map_err(fail);
     let op = match spec {
         OperatorSpec::Rx(p) => {
             return Operator::compile("rx", p)

@@ -198,11 +198,7 @@ impl Waf {
 
     /// Inspects a request: its head and its buffered body.
     pub fn inspect_request(&self, parts: &http::request::Parts, body: &[u8]) -> Inspection {
-        if self.inner.mode == Mode::Off {
-            return self.empty();
-        }
-        let exchange = self.exchange(parts, body);
-        self.inspect_exchange(&exchange)
+        self.inspect_parts(parts, body, false)
     }
 
     fn empty(&self) -> Inspection {
@@ -220,11 +216,19 @@ impl Waf {
         parts: &http::request::Parts,
         prefix: &[u8],
     ) -> Inspection {
+        self.inspect_parts(parts, prefix, true)
+    }
+
+    fn inspect_parts(
+        &self,
+        parts: &http::request::Parts,
+        body: &[u8],
+        partial: bool,
+    ) -> Inspection {
         if self.inner.mode == Mode::Off {
             return self.empty();
         }
-        let exchange = self.exchange(parts, prefix);
-        self.inspect(&exchange, true)
+        self.inspect(&self.exchange(parts, body), partial)
     }
 
     /// Inspects an already extracted request.

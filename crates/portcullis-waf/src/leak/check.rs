@@ -1,6 +1,7 @@
 //! Checksums and validity tests that turn a pattern match into a finding.
 
-fn digits(text: &[u8]) -> Vec<u8> {
+/// The decimal digits of `text`, as values 0–9.
+pub(crate) fn digits(text: &[u8]) -> Vec<u8> {
     text.iter()
         .filter(|b| b.is_ascii_digit())
         .map(|b| b - b'0')
@@ -500,17 +501,12 @@ pub(crate) fn random_token(text: &[u8], min_entropy: f64) -> bool {
     longest_run < 6 && entropy(text) >= min_entropy
 }
 
-/// Digits only.
-pub(crate) fn digit_values(text: &[u8]) -> Vec<u8> {
-    digits(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn d(s: &str) -> Vec<u8> {
-        digit_values(s.as_bytes())
+        digits(s.as_bytes())
     }
 
     #[test]
