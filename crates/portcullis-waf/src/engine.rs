@@ -1,19 +1,20 @@
 //! The rule engine: a compiled rule set and its evaluation over an [`Exchange`].
 //!
-//! Compilation interns transformation pipelines and gathers every regex rule that reads the
-//! same targets through the same pipeline into one multi-pattern `meta::Regex`, so a value is
-//! transformed once per pipeline (results are cached per exchange) and scanned once per group,
-//! however many rules the group holds.
+//! Compilation interns transformation pipelines (a value is transformed once per pipeline;
+//! results are cached per exchange) and plans how each regex rule is searched. A rule whose
+//! every match starts with a rare literal (punctuation, a control or non-ASCII byte) is
+//! searched alone, where its literal prefilter skips benign text almost for free. Rules with no
+//! literal prefix, and rules starting with common words when enough of them share targets and
+//! pipeline, are gathered into one multi-pattern `meta::Regex` per (targets, pipeline): one
+//! automaton pass answers for all of them (see [`group`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
 use portcullis_core::ConfigError;
-use regex_automata::meta::Regex;
-use regex_automata::util::syntax;
-use regex_automata::{Input, MatchKind, PatternSet};
 
+use self::group::Group;
 use crate::request::Exchange;
 use crate::rule::{Link, Phase, Rule, RuleAction, Severity};
 use crate::transform::Transform;
@@ -45,14 +46,6 @@ pub struct Evaluation {
     pub score: u32,
     /// Whether a `block` rule matched.
     pub block_rule: bool,
-}
-
-#[derive(Debug)]
-struct Group {
-    targets: Targets,
-    pipeline_id: u32,
-    regex: Regex,
-    rules: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -118,7 +111,7 @@ impl RuleSet {
             .iter()
             .chain(&response)
             .map(|s| match s {
-                Step::Group(g) => g.regex.pattern_len(),
+                Step::Group(g) => g.len(),
                 Step::Single(_) => 0,
             })
             .max()
@@ -160,7 +153,7 @@ impl RuleSet {
         let mut eval = Evaluation::default();
         let mut cache = Cache::default();
         let mut matched = vec![false; self.rules.len()];
-        let mut set = PatternSet::new(self.widest);
+        let mut set = regex_automata::PatternSet::new(self.widest);
         for step in self.steps(phase) {
             match step {
                 Step::Single(i) => {
@@ -188,21 +181,12 @@ impl RuleSet {
                     let mut hits: Vec<(usize, String)> = Vec::new();
                     visit(&g.targets, exchange, |v| {
                         let value = cache.get(&self.pipelines, g.pipeline_id, v.key, v.raw);
-                        set.clear();
-                        g.regex
-                            .which_overlapping_matches(&Input::new(value), &mut set);
-                        for pid in set.iter() {
-                            let Some(&ri) = g.rules.get(pid.as_usize()) else {
-                                continue;
-                            };
-                            if matched.get(ri).copied().unwrap_or(true) {
-                                continue;
-                            }
-                            if let Some(slot) = matched.get_mut(ri) {
+                        g.scan(value, &mut set, |ri| {
+                            if let Some(slot) = matched.get_mut(ri).filter(|s| !**s) {
                                 *slot = true;
+                                hits.push((ri, v.label()));
                             }
-                            hits.push((ri, v.label()));
-                        }
+                        });
                         true
                     });
                     for (ri, variable) in hits {
@@ -250,17 +234,24 @@ fn record(eval: &mut Evaluation, rule: &Rule, variable: String) {
     });
 }
 
+/// Rules starting with common words that justify one union pass (see [`group::Plan`]).
+const WORD_UNION_MIN: usize = 6;
+
 fn plan(rules: &[Rule], phase: Phase) -> (Vec<Step>, usize) {
     let mut steps = Vec::new();
-    let mut keyed: HashMap<(String, u32), Vec<usize>> = HashMap::new();
+    let mut keyed: HashMap<(String, u32), Vec<(usize, group::Plan)>> = HashMap::new();
     let mut order: Vec<(String, u32)> = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         if rule.phase != phase {
             continue;
         }
-        let groupable = rule.first.rx_source.is_some()
-            && !rule.first.targets.included().iter().any(|t| t.count);
-        if !groupable {
+        let how = match rule.first.rx_source.as_deref() {
+            Some(source) if !rule.first.targets.included().iter().any(|t| t.count) => {
+                group::plan(&crate::operator::rewrite_hex_escapes(source))
+            }
+            _ => group::Plan::Alone,
+        };
+        if how == group::Plan::Alone {
             steps.push(Step::Single(i));
             continue;
         }
@@ -269,37 +260,52 @@ fn plan(rules: &[Rule], phase: Phase) -> (Vec<Step>, usize) {
         if entry.is_empty() {
             order.push(key);
         }
-        entry.push(i);
+        entry.push((i, how));
     }
     let mut groups = 0;
     for key in order {
-        let Some(members) = keyed.remove(&key) else {
+        let Some(planned) = keyed.remove(&key) else {
             continue;
         };
-        if members.len() == 1 {
+        let words = planned
+            .iter()
+            .filter(|(_, how)| *how == group::Plan::Words)
+            .count();
+        let mut members = Vec::new();
+        for (i, how) in planned {
+            if how == group::Plan::Words && words < WORD_UNION_MIN {
+                steps.push(Step::Single(i));
+            } else {
+                members.push(i);
+            }
+        }
+        if members.len() <= 1 {
             steps.extend(members.into_iter().map(Step::Single));
             continue;
         }
+        let Some(first) = members.first().and_then(|&i| rules.get(i)) else {
+            continue;
+        };
         let sources: Vec<String> = members
             .iter()
             .filter_map(|&i| rules.get(i))
             .filter_map(|r| r.first.rx_source.as_deref())
             .map(crate::operator::rewrite_hex_escapes)
             .collect();
-        let built = Regex::builder()
-            .configure(Regex::config().match_kind(MatchKind::All))
-            .syntax(syntax::Config::new().utf8(false).unicode(false))
-            .build_many(&sources);
-        let first = members.first().and_then(|&i| rules.get(i));
-        match (built, first) {
-            (Ok(regex), Some(first)) => {
+        let built = (sources.len() == members.len())
+            .then(|| {
+                Group::build(
+                    first.first.targets.clone(),
+                    first.first.pipeline_id,
+                    members.clone(),
+                    &sources,
+                )
+            })
+            .flatten();
+        match built {
+            Some(group) => {
                 groups += 1;
-                steps.push(Step::Group(Group {
-                    targets: first.first.targets.clone(),
-                    pipeline_id: first.first.pipeline_id,
-                    regex,
-                    rules: members,
-                }));
+                steps.push(Step::Group(group));
             }
             // A combination too large for one automaton: run its members one by one.
             _ => steps.extend(members.into_iter().map(Step::Single)),
@@ -423,5 +429,6 @@ impl Cache {
     }
 }
 
+mod group;
 #[cfg(test)]
 mod tests;

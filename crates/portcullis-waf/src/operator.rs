@@ -6,7 +6,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use portcullis_core::IpCidr;
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
@@ -42,7 +41,7 @@ pub enum Operator {
     /// `@rx`: a regular expression over bytes.
     Rx(Arc<Regex>),
     /// `@pm`: any of a set of phrases, case-insensitive.
-    Pm(Arc<AhoCorasick>),
+    Pm(Arc<Regex>),
     /// `@streq`: equal to.
     StrEq(Vec<u8>),
     /// `@contains`.
@@ -268,19 +267,39 @@ impl Operator {
         if phrases.is_empty() {
             return Err(bad("pm", "no phrase"));
         }
-        let ac = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostFirst)
-            .build(&phrases)
+        // A literal alternation, not a bare aho-corasick automaton: the regex engine picks
+        // the best literal searcher for the set (SIMD Teddy for small sets, aho-corasick for
+        // large ones), which is several times faster on text where no phrase occurs.
+        let mut pattern = String::new();
+        for (i, phrase) in phrases.iter().enumerate() {
+            if i > 0 {
+                pattern.push('|');
+            }
+            for b in phrase.bytes() {
+                if b.is_ascii_alphanumeric() || b == b' ' {
+                    pattern.push(char::from(b));
+                } else {
+                    pattern.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+        }
+        let regex = Regex::builder()
+            .syntax(
+                syntax::Config::new()
+                    .utf8(false)
+                    .unicode(false)
+                    .case_insensitive(true),
+            )
+            .build(&pattern)
             .map_err(|e| bad("pm", e.to_string()))?;
-        Ok(Self::Pm(Arc::new(ac)))
+        Ok(Self::Pm(Arc::new(regex)))
     }
 
     /// Whether `value` matches.
     pub fn matches(&self, value: &[u8]) -> bool {
         match self {
             Self::Rx(re) => re.is_match(value),
-            Self::Pm(ac) => ac.is_match(value),
+            Self::Pm(re) => re.is_match(value),
             Self::StrEq(p) => value == p.as_slice(),
             Self::Contains(p) => p.is_empty() || value.windows(p.len()).any(|w| w == p.as_slice()),
             Self::BeginsWith(p) => value.starts_with(p),

@@ -111,19 +111,26 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// See [`Transform::DecodeBlobs`](crate::Transform::DecodeBlobs).
 pub(crate) fn decode_blobs(input: &[u8]) -> Vec<u8> {
+    #[allow(clippy::indexing_slicing)] // b < 256 = the length
+    const fn table() -> [bool; 256] {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'=');
+            b += 1;
+        }
+        t
+    }
+    static B64: [bool; 256] = table();
+    let is_b64 = |b: &u8| B64.get(usize::from(*b)).copied().unwrap_or(false);
     let mut out = Vec::new();
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=');
-    let mut i = 0;
-    while i < input.len() {
-        if !input.get(i).copied().is_some_and(is_b64) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while input.get(i).copied().is_some_and(is_b64) {
-            i += 1;
-        }
-        let run = input.get(start..i).unwrap_or_default();
+    let mut rest = input;
+    while let Some(start) = rest.iter().position(is_b64) {
+        let from = rest.get(start..).unwrap_or_default();
+        let len = from.iter().position(|b| !is_b64(b)).unwrap_or(from.len());
+        let (run, tail) = from.split_at(len);
+        rest = tail;
         if run.len() < 16 {
             continue;
         }

@@ -513,25 +513,32 @@ fn css_decode(input: &[u8]) -> Cow<'_, [u8]> {
 }
 
 fn compress_whitespace(input: &[u8]) -> Cow<'_, [u8]> {
-    let needs = input
-        .windows(2)
-        .any(|w| matches!(w, [a, b] if is_space(*a) && is_space(*b)))
-        || input.iter().any(|&b| is_space(b) && b != b' ');
-    if !needs {
+    // The first byte that changes: a whitespace byte other than a lone space.
+    let first = input.iter().enumerate().position(|(i, &b)| {
+        is_space(b) && (b != b' ' || input.get(i + 1).is_some_and(|&n| is_space(n)))
+    });
+    let Some(first) = first else {
         return Cow::Borrowed(input);
-    }
+    };
+    let (head, tail) = input.split_at(first);
     let mut out = Vec::with_capacity(input.len());
-    let mut in_space = false;
-    for &b in input {
-        if is_space(b) {
-            if !in_space {
-                out.push(b' ');
-            }
-            in_space = true;
-        } else {
-            out.push(b);
-            in_space = false;
+    out.extend_from_slice(head);
+    let mut rest = tail;
+    while !rest.is_empty() {
+        let spaces = rest
+            .iter()
+            .position(|&b| !is_space(b))
+            .unwrap_or(rest.len());
+        if spaces > 0 {
+            out.push(b' ');
         }
+        let rest_of_run = rest.get(spaces..).unwrap_or_default();
+        let word = rest_of_run
+            .iter()
+            .position(|&b| is_space(b))
+            .unwrap_or(rest_of_run.len());
+        out.extend_from_slice(rest_of_run.get(..word).unwrap_or_default());
+        rest = rest_of_run.get(word..).unwrap_or_default();
     }
     Cow::Owned(out)
 }

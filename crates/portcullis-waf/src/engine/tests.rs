@@ -76,8 +76,9 @@ rules:
 #[test]
 fn rules_with_same_targets_and_pipeline_share_one_search() {
     let s = set(PACK, 1);
-    // Rules 1 and 2 (same targets and pipeline) form one group; 6 is above the paranoia level.
-    assert_eq!(s.group_count(), 1);
+    // Rules 1 and 2 share targets and pipeline, but each starts with a rare literal: they are
+    // searched alone, with their own prefilters. 6 is above the paranoia level.
+    assert_eq!(s.group_count(), 0);
     assert!(s.rules().iter().all(|r| r.id() != 6));
     let e = s.evaluate(
         &get("/?a=..%2f..%2fetc&b=%3Cscript%3E", &[]),
@@ -178,4 +179,89 @@ fn the_ai_guard_pack_compiles_and_groups() {
     let s = set(crate::waf::AI_GUARD, 1);
     assert!(s.rules().len() >= 30);
     assert!(s.group_count() >= 1);
+}
+
+/// The rules `evaluate` reports for a query parameter, against each rule run on its own.
+fn differential(rs: &RuleSet, text: &str) {
+    let encoded: String = text
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let uri = format!("/?q={encoded}");
+    let ex = get(&uri, &[]);
+    let got = ids(&rs.evaluate(&ex, Phase::Request));
+    let mut want: Vec<u32> = rs
+        .rules()
+        .iter()
+        .filter(|r| {
+            let value = crate::transform::apply_all(&r.first.pipeline, text.as_bytes());
+            r.first.condition.matches(&value)
+        })
+        .map(|r| r.id)
+        .collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "text: {text:?}");
+}
+
+#[test]
+fn unions_and_lone_rules_agree_with_rules_run_one_by_one() {
+    // Word-prefixed members (enough of them for a union), prefix-less members, members sharing
+    // literals, look-behind at a line start, and one unbounded member.
+    let pack = r#"
+name: diff
+rules:
+  - { id: 1, msg: a, targets: [ARGS], transforms: [lowercase], operator: { rx: '\b(?:ignore|disregard) (?:all|the) rules\b' } }
+  - { id: 2, msg: b, targets: [ARGS], transforms: [lowercase], operator: { rx: '\bignore\b.{0,20}\bprevious\b' } }
+  - { id: 3, msg: c, targets: [ARGS], transforms: [lowercase], operator: { rx: '[a-z]+ mode\b' } }
+  - { id: 4, msg: d, targets: [ARGS], transforms: [lowercase], operator: { rx: 'you(?:r)? .*\bsecret\b' } }
+  - { id: 5, msg: e, targets: [ARGS], transforms: [lowercase], operator: { rx: '(?:^|\s)sys(?:tem)?:' } }
+  - { id: 6, msg: f, targets: [ARGS], transforms: [lowercase], operator: { rx: 'rules(?: and)? previous' } }
+  - { id: 7, msg: g, targets: [ARGS], transforms: [lowercase], operator: { rx: '\bsecret\b' } }
+  - { id: 8, msg: h, targets: [ARGS], transforms: [lowercase], operator: { rx: '(?:all|the) (?:rules|mode)' } }
+  - { id: 9, msg: i, targets: [ARGS], transforms: [lowercase], operator: { rx: '\w+ secret\b' } }
+  - { id: 10, msg: j, targets: [ARGS], transforms: [lowercase], operator: { rx: '\bsys(?:tem)?: \w+' } }
+  - { id: 11, msg: k, targets: [ARGS], transforms: [lowercase], operator: { rx: '\.\s*(?:sys|god)\b' } }
+"#;
+    let rs = set(pack, 1);
+    assert_eq!(rs.group_count(), 1);
+    let words = [
+        "ignore",
+        "disregard",
+        "all",
+        "the",
+        "rules",
+        "previous",
+        "you",
+        "your",
+        "secret",
+        "god",
+        "mode",
+        "sys:",
+        "system:",
+        "and",
+        "xignore",
+        "ignored",
+        ".",
+        "\n",
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let len = 1 + (next() % 200) as usize;
+        let text: Vec<&str> = (0..len)
+            .map(|_| words[(next() % words.len() as u64) as usize])
+            .collect();
+        differential(&rs, &text.join(" "));
+    }
 }

@@ -34,6 +34,15 @@ fn pm_is_case_insensitive_over_phrases() {
     assert!(pm.matches(b"Insert"));
     assert!(!pm.matches(b"delete"));
     assert!(Operator::compile("pm", "   ").is_err());
+    // Regex metacharacters and non-ASCII bytes are literal.
+    let pm = op("pm", "a.b (x) \\d+ caf\u{e9} $[y]");
+    assert!(pm.matches(b"-- A.B --"));
+    assert!(!pm.matches(b"axb"));
+    assert!(pm.matches(b"(X)"));
+    assert!(pm.matches(b"\\D+"));
+    assert!(!pm.matches(b"5"));
+    assert!(pm.matches("CAF\u{e9}".as_bytes()));
+    assert!(pm.matches(b"$[Y]"));
 }
 
 #[test]

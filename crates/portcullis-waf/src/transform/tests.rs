@@ -142,6 +142,21 @@ fn nulls_and_whitespace() {
         t(Transform::CompressWhitespace, b"a \t\n b\xa0\xa0c"),
         b"a b c"
     );
+    for (input, want) in [
+        ("a b c", "a b c"),
+        (" a  b ", " a b "),
+        ("\ta\n", " a "),
+        ("a  ", "a "),
+        ("   ", " "),
+        ("", ""),
+        ("ab\r\n\r\ncd", "ab cd"),
+    ] {
+        assert_eq!(s(Transform::CompressWhitespace, input), want, "{input:?}");
+    }
+    assert!(matches!(
+        apply_all(&[Transform::CompressWhitespace], b"one two"),
+        std::borrow::Cow::Borrowed(_)
+    ));
     assert_eq!(t(Transform::RemoveWhitespace, b" a \t b\xa0c "), b"abc");
     assert_eq!(s(Transform::Trim, " \t a b \n"), "a b");
     assert_eq!(s(Transform::TrimLeft, "  a "), "a ");
