@@ -12,6 +12,7 @@
 //! | [`RouteInfo`] | the router | all |
 //! | [`Rejection`] | whichever layer rejects ([`Problem::into_response`] adds it) | audit |
 //! | [`WafVerdict`] | WAF | audit |
+//! | [`SharedVerdict`] (response) | WAF, while the response body streams | audit, at the body's end |
 //! | [`RateLimitDecision`] | rate limiting | audit |
 //! | [`TokenUsage`] | token budgets | audit |
 //!
@@ -101,4 +102,6 @@ pub use tls::{
     MAX_NAME_LEN, MAX_SANS, MAX_SERIAL_LEN, PeerCertificate, PeerCertificateBuilder, Thumbprint,
     TlsInfo, TlsVersion,
 };
-pub use waf::{IncidentId, MAX_MATCHED_RULES, MAX_REDACTION_KINDS, WafAction, WafVerdict};
+pub use waf::{
+    IncidentId, MAX_MATCHED_RULES, MAX_REDACTION_KINDS, SharedVerdict, WafAction, WafVerdict,
+};

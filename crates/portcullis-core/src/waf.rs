@@ -1,6 +1,7 @@
 //! What the WAF decided about a request and its response.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -89,6 +90,8 @@ pub struct WafVerdict {
     rules_truncated: bool,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     redactions: BTreeMap<String, u32>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    detections: BTreeMap<String, u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     incident: Option<IncidentId>,
 }
@@ -111,6 +114,7 @@ impl WafVerdict {
             matched_rules: Vec::new(),
             rules_truncated: false,
             redactions: BTreeMap::new(),
+            detections: BTreeMap::new(),
             incident: None,
         })
     }
@@ -150,19 +154,19 @@ impl WafVerdict {
     /// If `kind` is empty, longer than 64 bytes or holds control characters, or if it would be
     /// a new kind beyond [`MAX_REDACTION_KINDS`].
     pub fn add_redaction(&mut self, kind: &str, count: u32) -> Result<(), ValueError> {
-        check_text("redaction kind", kind, 64)?;
-        if let Some(n) = self.redactions.get_mut(kind) {
-            *n = n.saturating_add(count);
-        } else if self.redactions.len() >= MAX_REDACTION_KINDS {
-            return Err(ValueError::new(
-                "redaction kind",
-                format!("more than {MAX_REDACTION_KINDS} kinds"),
-            ));
-        } else {
-            self.redactions.insert(kind.to_owned(), count);
-        }
+        count_kind(&mut self.redactions, kind, count)?;
         self.escalate(WafAction::Redact);
         Ok(())
+    }
+
+    /// Records `count` response findings of `kind` that were not redacted: logged only, or
+    /// the one that blocked the response. The action is left to the caller.
+    ///
+    /// # Errors
+    ///
+    /// As [`WafVerdict::add_redaction`].
+    pub fn add_detection(&mut self, kind: &str, count: u32) -> Result<(), ValueError> {
+        count_kind(&mut self.detections, kind, count)
     }
 
     /// Sets the incident id that a blocked client was given, so the audit record and the
@@ -209,6 +213,64 @@ impl WafVerdict {
     /// Redaction counts by kind.
     pub fn redactions(&self) -> &BTreeMap<String, u32> {
         &self.redactions
+    }
+
+    /// Findings in the response that were not redacted, by kind.
+    pub fn detections(&self) -> &BTreeMap<String, u32> {
+        &self.detections
+    }
+}
+
+fn count_kind(map: &mut BTreeMap<String, u32>, kind: &str, count: u32) -> Result<(), ValueError> {
+    check_text("finding kind", kind, 64)?;
+    if let Some(n) = map.get_mut(kind) {
+        *n = n.saturating_add(count);
+    } else if map.len() >= MAX_REDACTION_KINDS {
+        return Err(ValueError::new(
+            "finding kind",
+            format!("more than {MAX_REDACTION_KINDS} kinds"),
+        ));
+    } else {
+        map.insert(kind.to_owned(), count);
+    }
+    Ok(())
+}
+
+/// A [`WafVerdict`] that keeps growing after the response head has gone out.
+///
+/// A streamed response body is scanned as it flows, long after the layer returned the
+/// response, so what the scan finds (redactions, a block) cannot go into the `WafVerdict` the
+/// response's extensions hold. The WAF puts this handle in the response's extensions too and
+/// updates it as the body streams; a layer further out (the audit log) reads it once the body
+/// has ended, for the exchange's final verdict.
+///
+/// ```
+/// use portcullis_core::{SharedVerdict, WafAction, WafVerdict};
+///
+/// let shared = SharedVerdict::new(WafVerdict::new(1)?);
+/// let reader = shared.clone();
+/// shared.update(|v| v.add_redaction("pii.email", 2))?;
+/// assert_eq!(reader.snapshot().action(), WafAction::Redact);
+/// # Ok::<(), portcullis_core::ValueError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SharedVerdict(Arc<Mutex<WafVerdict>>);
+
+impl SharedVerdict {
+    /// A handle starting from `verdict`.
+    pub fn new(verdict: WafVerdict) -> Self {
+        Self(Arc::new(Mutex::new(verdict)))
+    }
+
+    /// Changes the verdict. A panic while the lock was held elsewhere does not lose it: the
+    /// verdict is only ever grown, so whatever was recorded stays valid.
+    pub fn update<R>(&self, f: impl FnOnce(&mut WafVerdict) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A copy of the verdict as it stands.
+    pub fn snapshot(&self) -> WafVerdict {
+        self.update(|v| v.clone())
     }
 }
 

@@ -37,10 +37,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use portcullis_core::{ConfigError, Problem, Reason};
+use portcullis_core::{ConfigError, Problem, Reason, SharedVerdict, WafAction};
 
 use crate::config::{OverLimit, WafConfig};
-use crate::leak::{LeakGuard, LeakStream};
+use crate::leak::{LeakAction, LeakGuard, LeakStream};
 use crate::waf::Waf;
 
 /// A boxed error, as bodies report them.
@@ -194,6 +194,7 @@ where
             let leak = waf
                 .leak_guard()
                 .filter(|_| waf.mode() != crate::config::Mode::Off);
+            let report = SharedVerdict::new(inspection.verdict.clone());
             let stream = leak.map(|guard| {
                 // Redaction changes the length.
                 parts.headers.remove(header::CONTENT_LENGTH);
@@ -205,6 +206,7 @@ where
                 LeakState {
                     stream: guard.stream(),
                     guard: guard.clone(),
+                    report: report.clone(),
                     out: VecDeque::new(),
                     sse,
                     detect_only: waf.mode() == crate::config::Mode::DetectionOnly,
@@ -212,6 +214,7 @@ where
                 }
             });
             parts.extensions.insert(inspection.verdict);
+            parts.extensions.insert(report);
             Ok(Response::from_parts(
                 parts,
                 ResponseBody {
@@ -283,6 +286,8 @@ where
 struct LeakState {
     stream: LeakStream,
     guard: Arc<LeakGuard>,
+    /// The exchange's verdict, grown with what the scan finds.
+    report: SharedVerdict,
     out: VecDeque<Bytes>,
     sse: bool,
     detect_only: bool,
@@ -290,9 +295,36 @@ struct LeakState {
 }
 
 impl LeakState {
+    /// Adds the findings of the last scan step to the shared verdict.
+    fn report(&mut self) {
+        let found = self.stream.take_findings();
+        if found.is_empty() {
+            return;
+        }
+        let (guard, detect_only) = (&self.guard, self.detect_only);
+        self.report.update(|verdict| {
+            for (kind, class) in found {
+                // A kind is a short static name: recording it cannot fail but on the kind
+                // limit, and then the action below still stands.
+                let _ = match (guard.action(class), detect_only) {
+                    (LeakAction::Redact, false) => verdict.add_redaction(kind, 1),
+                    (LeakAction::Block, false) => {
+                        verdict.escalate(WafAction::Block);
+                        verdict.add_detection(kind, 1)
+                    }
+                    _ => {
+                        verdict.escalate(WafAction::Detect);
+                        verdict.add_detection(kind, 1)
+                    }
+                };
+            }
+        });
+    }
+
     /// Queues what a scan step lets through. A block ends the body: with a final error event
     /// for SSE, otherwise with a body error so the client cannot take a cut body for a whole one.
     fn apply(&mut self, step: crate::leak::StreamOutput) -> Result<(), BoxError> {
+        self.report();
         if self.detect_only {
             return Ok(());
         }
@@ -383,6 +415,7 @@ where
                         let step = match frame.into_data() {
                             Ok(data) if state.detect_only => {
                                 let _ = state.stream.push(&data);
+                                state.report();
                                 return Poll::Ready(Some(Ok(Frame::data(data))));
                             }
                             Ok(data) => state.stream.push(&data),

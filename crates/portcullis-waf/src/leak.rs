@@ -638,6 +638,7 @@ impl LeakGuard {
             pending: Vec::new(),
             in_pem: false,
             counts: BTreeMap::new(),
+            fresh: Vec::new(),
             blocked: false,
         }
     }
@@ -863,6 +864,9 @@ pub struct StreamOutput {
     pub blocked: bool,
 }
 
+/// Findings a stream keeps for [`LeakStream::take_findings`]; past it only the counts grow.
+const MAX_FRESH: usize = 1024;
+
 /// Scans one streamed body chunk by chunk.
 #[derive(Debug)]
 pub struct LeakStream {
@@ -870,6 +874,8 @@ pub struct LeakStream {
     pending: Vec<u8>,
     in_pem: bool,
     counts: BTreeMap<&'static str, u32>,
+    /// Findings not yet taken by [`LeakStream::take_findings`].
+    fresh: Vec<(&'static str, LeakClass)>,
     blocked: bool,
 }
 
@@ -893,6 +899,12 @@ impl LeakStream {
     /// Whether a `block` finding was made.
     pub fn is_blocked(&self) -> bool {
         self.blocked
+    }
+
+    /// The findings made since the last call, as (kind, class), in order (at most 1,024
+    /// between calls; [`LeakStream::counts`] has them all).
+    pub fn take_findings(&mut self) -> Vec<(&'static str, LeakClass)> {
+        std::mem::take(&mut self.fresh)
     }
 
     fn step(&mut self, last: bool) -> StreamOutput {
@@ -932,6 +944,9 @@ impl LeakStream {
         let mut cursor = 0;
         for f in findings.iter().filter(|f| f.range.start < safe) {
             *self.counts.entry(f.kind).or_insert(0) += 1;
+            if self.fresh.len() < MAX_FRESH {
+                self.fresh.push((f.kind, f.class));
+            }
             match self.guard.action(f.class) {
                 LeakAction::Block => {
                     self.blocked = true;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
-use portcullis_core::{WafAction, WafVerdict};
+use portcullis_core::{SharedVerdict, WafAction, WafVerdict};
 use portcullis_waf::{BodyConfig, LeakGuardConfig, Mode, OverLimit, WafConfig, WafLayer};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -73,12 +73,15 @@ async fn call(
         );
     let response = service.oneshot(request).await.unwrap();
     let verdict = response.extensions().get::<WafVerdict>().cloned();
+    let shared = response.extensions().get::<SharedVerdict>().cloned();
     let (parts, body) = response.into_parts();
     let body = body
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    // The final verdict: what the response body's scan added, when it went through the WAF.
+    let verdict = shared.map(|s| s.snapshot()).or(verdict);
     let seen = seen.lock().unwrap().clone();
     (
         Response::from_parts(parts, body),
@@ -197,12 +200,32 @@ async fn leak_guard_redacts_streamed_responses() {
         "Z4tY7wXn1cK9pF3hJ6dB0aE5uGiT, card 4111 ",
         "1111 1111 1111\"}\n\n",
     ];
-    let (res, _, _, _) = call(config.clone(), chat("hi"), reply).await;
+    let (res, _, _, verdict) = call(config.clone(), chat("hi"), reply.clone()).await;
     let body = String::from_utf8(res.body().to_vec()).unwrap();
     assert_eq!(
         body,
         "data: {\"delta\":\"the key is [REDACTED:secret.github_token], card [REDACTED:pii.card]\"}\n\n"
     );
+    // The redactions made while streaming reach the shared verdict.
+    let verdict = verdict.unwrap();
+    assert_eq!(verdict.action(), WafAction::Redact);
+    let redacted: Vec<(&str, u32)> = verdict
+        .redactions()
+        .iter()
+        .map(|(k, n)| (k.as_str(), *n))
+        .collect();
+    assert_eq!(redacted, [("pii.card", 1), ("secret.github_token", 1)]);
+    // In detection-only mode the same findings are reported, and nothing is changed.
+    let detect = WafConfig {
+        mode: Mode::DetectionOnly,
+        ..config.clone()
+    };
+    let (res, _, _, verdict) = call(detect, chat("hi"), reply).await;
+    assert!(String::from_utf8_lossy(res.body()).contains("ghp_R8sVq2Lm"));
+    let verdict = verdict.unwrap();
+    assert_eq!(verdict.action(), WafAction::Detect);
+    assert!(verdict.redactions().is_empty());
+    assert_eq!(verdict.detections().len(), 2);
     // A canary set to block cuts the response off.
     let canary = WafConfig {
         leak_guard: Some(LeakGuardConfig {
@@ -211,8 +234,6 @@ async fn leak_guard_redacts_streamed_responses() {
         }),
         ..config
     };
-    let calls = Arc::new(AtomicUsize::new(0));
-    let _ = calls;
     let service = ServiceBuilder::new()
         .layer(WafLayer::try_from(canary).unwrap())
         .service_fn(
@@ -223,8 +244,16 @@ async fn leak_guard_redacts_streamed_responses() {
             },
         );
     let response = service.oneshot(chat("hi")).await.unwrap();
+    let shared = response
+        .extensions()
+        .get::<SharedVerdict>()
+        .cloned()
+        .unwrap();
     assert!(
         response.into_body().collect().await.is_err(),
         "the body errors instead of leaking"
     );
+    let verdict = shared.snapshot();
+    assert_eq!(verdict.action(), WafAction::Block);
+    assert_eq!(verdict.detections().get("canary"), Some(&1));
 }
