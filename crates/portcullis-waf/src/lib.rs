@@ -22,32 +22,38 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod bodies;
 mod body;
 mod config;
 mod engine;
+mod future;
 mod layer;
 pub mod leak;
 mod operator;
 mod request;
 mod rule;
+mod service;
 mod text;
 mod transform;
 mod variable;
 mod waf;
 
+pub use bodies::{BoxError, RequestBody, ResponseBody};
 pub use body::{
     Arg, BodyError, Limits, Parsed, Part, multipart_boundary, parse_json, parse_multipart,
     parse_urlencoded,
 };
 pub use config::{BodyConfig, Mode, OnMalformed, OverLimit, WafConfig};
 pub use engine::{Evaluation, RuleMatch, RuleSet};
-pub use layer::{BoxError, RequestBody, ResponseBody, ResponseFuture, WafLayer, WafService};
+pub use future::ResponseFuture;
+pub use layer::WafLayer;
 pub use leak::{Finding, LeakAction, LeakClass, LeakGuard, LeakGuardConfig, LeakStream};
 pub use operator::{Comparison, Condition, Operator, OperatorError};
 pub use request::{Exchange, Item, ParseOptions};
 pub use rule::{
     ConditionSpec, OperatorSpec, PackSpec, Phase, Rule, RuleAction, RuleSpec, Severity,
 };
+pub use service::WafService;
 pub use transform::{Transform, UnknownTransform, apply_all};
 pub use variable::{Collection, Selector, Target, TargetError, Targets};
 pub use waf::{AI_GUARD, Inspection, MALFORMED_BODY_RULE, Waf, builtin_pack};

@@ -85,6 +85,11 @@ impl TryFrom<WafConfig> for Waf {
 }
 
 impl Waf {
+    /// A fresh verdict at the configured paranoia level.
+    pub(crate) fn verdict(&self) -> WafVerdict {
+        self.inner.template.clone()
+    }
+
     /// Compiles a configuration.
     ///
     /// # Errors
