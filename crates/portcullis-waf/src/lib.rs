@@ -32,6 +32,7 @@ pub mod leak;
 mod operator;
 mod request;
 mod rule;
+pub mod seclang;
 mod service;
 mod text;
 mod transform;
