@@ -25,6 +25,7 @@
 mod bodies;
 mod body;
 mod config;
+pub mod crs;
 mod engine;
 mod future;
 mod layer;

@@ -3,6 +3,7 @@
 //! ```text
 //! portcullis-waf eval --rules PACK_OR_FILE --jsonl FILE [--as prompt|param|response]
 //!                     [--json] [--by FIELD] [--list flagged|missed]
+//! portcullis-waf crs-test --crs DIR [--tests DIR] [--include REGEX] [--json] [--failures]
 //! ```
 
 use std::collections::BTreeMap;
@@ -294,7 +295,157 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+const CRS_USAGE: &str =
+    "usage: portcullis-waf crs-test --crs DIR [--tests DIR] [--include REGEX] [--json] [--failures]
+
+  --crs       a CRS directory (crs-setup.conf[.example] and rules/)
+  --tests     the go-ftw tests (default DIR/tests/regression/tests)
+  --include   only test files whose name matches this regex
+  --json      end with one JSON line of totals, per file, for paranoia-level-1 request rules
+              and for cases with no_expect_ids
+  --failures  print every failed or skipped case and why";
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, v: &portcullis_waf::crs::ftw::Verdict) {
+        use portcullis_waf::crs::ftw::Verdict;
+        match v {
+            Verdict::Passed => self.passed += 1,
+            Verdict::Failed(_) => self.failed += 1,
+            Verdict::Skipped(_) => self.skipped += 1,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"passed": self.passed, "failed": self.failed, "skipped": self.skipped})
+    }
+
+    fn rate(&self) -> f64 {
+        let run = self.passed + self.failed;
+        if run == 0 {
+            0.0
+        } else {
+            100.0 * self.passed as f64 / run as f64
+        }
+    }
+}
+
+fn crs_test(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+    use portcullis_waf::crs::{Crs, ftw};
+    let (mut crs_dir, mut tests, mut include, mut json, mut failures) =
+        (None, None, None, false, false);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("`{flag}` needs a value"));
+        match flag.as_str() {
+            "--crs" => crs_dir = Some(PathBuf::from(value()?)),
+            "--tests" => tests = Some(PathBuf::from(value()?)),
+            "--include" => {
+                let v = value()?;
+                include = Some(
+                    regex_automata::meta::Regex::new(&v)
+                        .map_err(|e| format!("--include `{v}`: {e}"))?,
+                );
+            }
+            "--json" => json = true,
+            "--failures" => failures = true,
+            "-h" | "--help" => return Err(CRS_USAGE.to_owned()),
+            other => return Err(format!("unknown option `{other}`\n{CRS_USAGE}")),
+        }
+    }
+    let crs_dir = crs_dir.ok_or_else(|| format!("--crs is required\n{CRS_USAGE}"))?;
+    let tests = tests.unwrap_or_else(|| crs_dir.join("tests/regression/tests"));
+    let started = std::time::Instant::now();
+    let crs = Crs::load_dir(&crs_dir, ftw::TEST_SETUP, "").map_err(|e| e.to_string())?;
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let overrides = crs_dir.join("tests/regression/coraza-overrides.yaml");
+    let results = ftw::run(&crs, &tests, include.as_ref(), Some(&overrides))?;
+    let mut total = Tally::default();
+    let mut pl1 = Tally::default();
+    let mut requests = Tally::default();
+    let mut no_expect = Tally::default();
+    let mut files: BTreeMap<String, Tally> = BTreeMap::new();
+    for r in &results {
+        total.add(&r.verdict);
+        files.entry(r.file.clone()).or_default().add(&r.verdict);
+        let (level, phase) = crs.rule_level(r.rule_id).unwrap_or((None, 2));
+        if phase <= 2 {
+            requests.add(&r.verdict);
+            if level == Some(1) {
+                pl1.add(&r.verdict);
+            }
+        }
+        if r.has_no_expect {
+            no_expect.add(&r.verdict);
+        }
+        if failures {
+            match &r.verdict {
+                ftw::Verdict::Failed(why) => eprintln!("FAIL {}#{}: {why}", r.file, r.test_id),
+                ftw::Verdict::Skipped(why) => eprintln!("SKIP {}#{}: {why}", r.file, r.test_id),
+                ftw::Verdict::Passed => {}
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for (file, t) in &files {
+        let _ = writeln!(
+            out,
+            "{file:<12} {:>3} passed {:>3} failed {:>3} skipped ({:.1}%)",
+            t.passed,
+            t.failed,
+            t.skipped,
+            t.rate()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "loaded {} rules in {load_ms:.0} ms; paranoia-level-1 request rules {:.1}%, request rules {:.1}%, no_expect_ids cases {:.1}%",
+        crs.rule_count(),
+        pl1.rate(),
+        requests.rate(),
+        no_expect.rate()
+    );
+    if json {
+        let per_file: serde_json::Map<String, serde_json::Value> =
+            files.iter().map(|(k, t)| (k.clone(), t.json())).collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "total": total.json(),
+                "pl1_request_rules": pl1.json(),
+                "request_rules": requests.json(),
+                "no_expect_ids": no_expect.json(),
+                "load_ms": load_ms.round(),
+                "files": per_file,
+            })
+        );
+    }
+    let _ = writeln!(
+        out,
+        "crs: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("crs-test") {
+        argv.next();
+        return match crs_test(argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis-waf: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

@@ -1,0 +1,902 @@
+//! The OWASP Core Rule Set (and other SecLang rule sets) on the portcullis engine.
+//!
+//! [`Crs::load_dir`] reads a CRS directory the way CRS is installed: `crs-setup.conf` (or the
+//! `.example`), then `rules/*.conf` in name order, with `.data` files beside them for
+//! `@pmFromFile`. Each directive is compiled once; a construct this engine does not support is
+//! a load error naming the file, the line and the construct, never silently skipped.
+//!
+//! Rules run with ModSecurity semantics: phases 1-4 in order, the `TX` collection with
+//! `setvar` and `%{...}` macros, chains, `skipAfter` to markers, captures, `ctl:` changes for
+//! the rest of the transaction, and the rule set's own anomaly scoring and blocking
+//! evaluation (rules 949110/959100).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use regex_automata::meta::Regex;
+use regex_automata::util::syntax;
+
+use crate::operator::Operator;
+use crate::seclang::{self, Action, Directive, Key, Located, Origin, Variable};
+use crate::transform::Transform;
+use crate::variable::Collection;
+
+mod exec;
+pub mod ftw;
+
+pub use exec::{CrsMatch, CrsOutcome, Transaction};
+
+/// Why a rule set did not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {problem}")]
+pub struct CrsError {
+    /// Where.
+    pub origin: Origin,
+    /// What, naming the construct and, where there is one, the fix.
+    pub problem: String,
+}
+
+impl From<seclang::SyntaxError> for CrsError {
+    fn from(e: seclang::SyntaxError) -> Self {
+        Self {
+            origin: e.origin,
+            problem: e.problem,
+        }
+    }
+}
+
+/// What a rule does when it matches (and the engine is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disruptive {
+    Pass,
+    /// `block`: whatever the phase's default action says.
+    Block,
+    Deny,
+    Drop,
+    Allow,
+}
+
+/// A variable a rule reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A collection of the exchange.
+    Exchange(Collection),
+    Tx,
+    MatchedVar,
+    MatchedVarName,
+    MatchedVars,
+    MatchedVarsNames,
+    RequestUriRaw,
+    RemoteAddr,
+    UniqueId,
+    RequestBodyLength,
+    FilesCombinedSize,
+    ArgsCombinedSize,
+    ReqbodyProcessor,
+    /// Collections this engine does not fill (`XML`, `MULTIPART_PART_HEADERS`, ...): empty.
+    Empty,
+}
+
+/// Selection of members.
+#[derive(Debug, Clone)]
+pub(crate) enum Select {
+    All,
+    Name(String),
+    Regex(Arc<Regex>),
+}
+
+impl Select {
+    pub(crate) fn selects(&self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Name(n) => n.eq_ignore_ascii_case(name),
+            Self::Regex(re) => re.is_match(name.as_bytes()),
+        }
+    }
+}
+
+/// One compiled variable.
+#[derive(Debug, Clone)]
+pub(crate) struct Var {
+    pub(crate) source: Source,
+    /// The collection's name, uppercase.
+    pub(crate) name: Arc<str>,
+    pub(crate) select: Select,
+    pub(crate) count: bool,
+    pub(crate) exclude: bool,
+}
+
+/// An operator, compiled at load time or, when its parameter holds macros, at run time.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Static(Operator),
+    /// A parameter with `%{...}`: expanded, then compiled, per transaction.
+    Macro {
+        name: String,
+        param: String,
+    },
+    DetectSqli,
+    DetectXss,
+}
+
+/// `setvar`.
+#[derive(Debug, Clone)]
+pub(crate) enum SetVar {
+    Set(String, String),
+    Add(String, String),
+    Sub(String, String),
+    Delete(String),
+}
+
+/// `ctl:`.
+#[derive(Debug, Clone)]
+pub(crate) enum Ctl {
+    RuleEngine(EngineMode),
+    RemoveById(Vec<(u32, u32)>),
+    RemoveByTag(String),
+    RemoveTargetById(Vec<(u32, u32)>, Var),
+    RemoveTargetByTag(String, Var),
+    ForceRequestBodyVariable,
+    RequestBodyProcessor(String),
+    /// `auditEngine`, `auditLogParts`: about the audit log of ModSecurity, nothing here.
+    Ignored,
+}
+
+/// `SecRuleEngine` / `ctl:ruleEngine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineMode {
+    /// Rules run and disrupt.
+    On,
+    /// Rules run and are logged; nothing is disrupted.
+    DetectionOnly,
+    /// No rules run.
+    Off,
+}
+
+/// One link of a rule (the rule itself, or a rule chained to it).
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    pub(crate) vars: Vec<Var>,
+    pub(crate) excludes: Vec<Var>,
+    pub(crate) transforms: Arc<[Transform]>,
+    pub(crate) op: Op,
+    pub(crate) negated: bool,
+    /// `SecAction`: no variables, always matches.
+    pub(crate) always: bool,
+    pub(crate) capture: bool,
+    pub(crate) multi_match: bool,
+    pub(crate) setvars: Vec<SetVar>,
+    pub(crate) ctls: Vec<Ctl>,
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub(crate) struct CRule {
+    pub(crate) id: u32,
+    pub(crate) phase: u8,
+    pub(crate) origin: Origin,
+    pub(crate) msg: Option<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) log: bool,
+    pub(crate) disruptive: Disruptive,
+    pub(crate) status: Option<u16>,
+    pub(crate) skip_after: Option<String>,
+    pub(crate) skip: u32,
+    pub(crate) links: Vec<Link>,
+}
+
+/// A step of a phase.
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
+    Rule(usize),
+    Marker(String),
+}
+
+/// A compiled rule set.
+#[derive(Debug, Clone)]
+pub struct Crs {
+    pub(crate) rules: Vec<CRule>,
+    /// Steps of phases 1 to 5.
+    pub(crate) phases: [Vec<Step>; 5],
+    /// What `block` means per phase (from `SecDefaultAction`).
+    pub(crate) block_means: [Disruptive; 5],
+    pub(crate) engine: EngineMode,
+}
+
+/// Per-phase defaults from `SecDefaultAction`.
+#[derive(Debug, Clone)]
+struct Defaults {
+    disruptive: Disruptive,
+    log: bool,
+    transforms: Vec<Transform>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            disruptive: Disruptive::Pass,
+            log: true,
+            transforms: Vec::new(),
+        }
+    }
+}
+
+struct Loader<'a> {
+    data_dir: &'a Path,
+    rules: Vec<CRule>,
+    steps: Vec<(u8, Step)>,
+    defaults: [Defaults; 5],
+    engine: EngineMode,
+    /// A rule whose last link asked for a chain, still open.
+    open_chain: Option<usize>,
+    data: HashMap<String, Vec<String>>,
+}
+
+fn err(origin: &Origin, problem: impl Into<String>) -> CrsError {
+    CrsError {
+        origin: origin.clone(),
+        problem: problem.into(),
+    }
+}
+
+impl Crs {
+    /// Loads a CRS directory: `crs-setup.conf` (or `crs-setup.conf.example`), then
+    /// `rules/*.conf` in name order, then `extra` (directives appended after, e.g. test set-up
+    /// or exclusions), with `@pmFromFile` data read from `rules/`.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be read, or the first directive that does not compile.
+    pub fn load_dir(dir: &Path, before: &str, after: &str) -> Result<Self, CrsError> {
+        let origin = |file: &Path| Origin {
+            file: file.display().to_string().into(),
+            line: 0,
+        };
+        let rules_dir = dir.join("rules");
+        let mut files = Vec::new();
+        for setup in ["crs-setup.conf", "crs-setup.conf.example"] {
+            let path = dir.join(setup);
+            if path.is_file() {
+                files.push(path);
+                break;
+            }
+        }
+        let mut confs: Vec<_> = std::fs::read_dir(&rules_dir)
+            .map_err(|e| {
+                err(
+                    &origin(&rules_dir),
+                    format!("cannot read the rules directory: {e}"),
+                )
+            })?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+            .collect();
+        confs.sort();
+        files.extend(confs);
+        let mut sources = Vec::new();
+        if !before.is_empty() {
+            sources.push(("(set-up)".to_owned(), before.to_owned()));
+        }
+        for path in &files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(&origin(path), format!("cannot read: {e}")))?;
+            sources.push((path.display().to_string(), text));
+        }
+        if !after.is_empty() {
+            sources.push(("(after)".to_owned(), after.to_owned()));
+        }
+        Self::load(&sources, &rules_dir)
+    }
+
+    /// Loads rule text: `(file name, text)` in order, `@pmFromFile` paths relative to
+    /// `data_dir`.
+    ///
+    /// # Errors
+    ///
+    /// The first directive that does not parse or compile.
+    pub fn load(sources: &[(String, String)], data_dir: &Path) -> Result<Self, CrsError> {
+        let mut loader = Loader {
+            data_dir,
+            rules: Vec::new(),
+            steps: Vec::new(),
+            defaults: Default::default(),
+            engine: EngineMode::On,
+            open_chain: None,
+            data: HashMap::new(),
+        };
+        for (file, text) in sources {
+            for located in seclang::parse(file, text)? {
+                loader.directive(located)?;
+            }
+        }
+        if let Some(open) = loader.open_chain.and_then(|i| loader.rules.get(i)) {
+            return Err(err(
+                &open.origin,
+                "the rule asks for a chain, but no rule follows",
+            ));
+        }
+        let mut phases: [Vec<Step>; 5] = Default::default();
+        for (phase, step) in loader.steps {
+            match step {
+                // A marker exists in every phase.
+                Step::Marker(name) => {
+                    for p in &mut phases {
+                        p.push(Step::Marker(name.clone()));
+                    }
+                }
+                Step::Rule(i) => {
+                    if let Some(p) = phases.get_mut(usize::from(phase.saturating_sub(1))) {
+                        p.push(Step::Rule(i));
+                    }
+                }
+            }
+        }
+        let block_means = loader.defaults.clone().map(|d| d.disruptive);
+        Ok(Self {
+            rules: loader.rules,
+            phases,
+            block_means,
+            engine: loader.engine,
+        })
+    }
+
+    /// How many rules (chains count once) the set holds.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// A rule's paranoia level (from its `paranoia-level/N` tag) and phase.
+    pub fn rule_level(&self, id: u32) -> Option<(Option<u8>, u8)> {
+        let rule = self.rules.iter().find(|r| r.id == id)?;
+        let level = rule
+            .tags
+            .iter()
+            .find_map(|t| t.strip_prefix("paranoia-level/")?.parse().ok());
+        Some((level, rule.phase))
+    }
+
+    /// The rule ids, in load order.
+    pub fn rule_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rules.iter().map(|r| r.id)
+    }
+}
+
+impl Loader<'_> {
+    fn directive(&mut self, located: Located) -> Result<(), CrsError> {
+        let origin = located.origin;
+        match located.directive {
+            Directive::Rule {
+                variables,
+                operator,
+                actions,
+            } => {
+                let op = self.operator(&origin, &operator.name, &operator.param)?;
+                let vars = self.vars(&origin, &variables)?;
+                self.rule(&origin, Some((vars, op, operator.negated)), &actions)
+            }
+            Directive::Action(actions) => self.rule(&origin, None, &actions),
+            Directive::Marker(name) => {
+                self.close_chain_check(&origin)?;
+                self.steps.push((0, Step::Marker(name)));
+                Ok(())
+            }
+            Directive::DefaultAction(actions) => self.default_action(&origin, &actions),
+            Directive::ComponentSignature(_) => Ok(()),
+            Directive::UpdateTargetById {
+                ids,
+                variables,
+                replaced,
+            } => {
+                if replaced.is_some() {
+                    return Err(err(
+                        &origin,
+                        "`SecRuleUpdateTargetById` with a replaced target is not supported: remove the third argument and exclude the old target with `!`",
+                    ));
+                }
+                self.update_targets(&origin, &variables, |r| in_ranges(&ids, r.id))
+            }
+            Directive::UpdateTargetByTag { tag, variables } => {
+                self.update_targets(&origin, &variables, |r| r.tags.contains(&tag))
+            }
+            Directive::RemoveById(ids) => {
+                self.remove_rules(|r| in_ranges(&ids, r.id));
+                Ok(())
+            }
+            Directive::RemoveByTag(tag) => {
+                self.remove_rules(|r| r.tags.contains(&tag));
+                Ok(())
+            }
+            Directive::RemoveByMsg(msg) => {
+                self.remove_rules(|r| r.msg.as_deref() == Some(msg.as_str()));
+                Ok(())
+            }
+            Directive::RuleEngine(mode) => {
+                self.engine = engine_mode(&origin, &mode)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds variables (and exclusions) to the rules already loaded that `which` selects.
+    fn update_targets(
+        &mut self,
+        origin: &Origin,
+        variables: &[Variable],
+        which: impl Fn(&CRule) -> bool,
+    ) -> Result<(), CrsError> {
+        let (vars, excludes) = self.split_vars(origin, variables)?;
+        for rule in self.rules.iter_mut().filter(|r| which(r)) {
+            if let Some(first) = rule.links.first_mut() {
+                first.vars.extend(vars.iter().cloned());
+                first.excludes.extend(excludes.iter().cloned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the rules already loaded that `which` selects.
+    fn remove_rules(&mut self, which: impl Fn(&CRule) -> bool) {
+        let rules = &self.rules;
+        self.steps.retain(|(_, s)| match s {
+            Step::Rule(i) => !rules.get(*i).is_some_and(&which),
+            Step::Marker(_) => true,
+        });
+    }
+
+    fn close_chain_check(&self, origin: &Origin) -> Result<(), CrsError> {
+        if self.open_chain.is_some() {
+            return Err(err(
+                origin,
+                "a rule asked for a chain, but the next directive is not a rule",
+            ));
+        }
+        Ok(())
+    }
+
+    fn default_action(&mut self, origin: &Origin, actions: &[Action]) -> Result<(), CrsError> {
+        let mut d = Defaults::default();
+        let mut phase = None;
+        for a in actions {
+            match a.name.as_str() {
+                "phase" => phase = Some(parse_phase(origin, a.value.as_deref())?),
+                "log" => d.log = true,
+                "nolog" => d.log = false,
+                "auditlog" | "noauditlog" => {}
+                "pass" => d.disruptive = Disruptive::Pass,
+                "deny" => d.disruptive = Disruptive::Deny,
+                "drop" => d.disruptive = Disruptive::Drop,
+                "block" => {}
+                "t" => push_transform(origin, &mut d.transforms, a.value.as_deref())?,
+                "status" | "tag" | "redirect" => {}
+                other => {
+                    return Err(err(
+                        origin,
+                        format!("`SecDefaultAction` with the action `{other}` is not supported"),
+                    ));
+                }
+            }
+        }
+        let phase = phase.ok_or_else(|| err(origin, "`SecDefaultAction` needs a `phase`"))?;
+        if let Some(slot) = self.defaults.get_mut(usize::from(phase - 1)) {
+            *slot = d;
+        }
+        Ok(())
+    }
+
+    fn rule(
+        &mut self,
+        origin: &Origin,
+        test: Option<(Vec<Var>, Op, bool)>,
+        actions: &[Action],
+    ) -> Result<(), CrsError> {
+        let chained_to = self.open_chain.take();
+        let mut phase = None;
+        let mut id = None;
+        let mut msg = None;
+        let mut tags = Vec::new();
+        let mut log = None;
+        let mut disruptive = None;
+        let mut status = None;
+        let mut skip_after = None;
+        let mut skip = 0;
+        let mut chain = false;
+        let mut transforms: Option<Vec<Transform>> = None;
+        let mut capture = false;
+        let mut multi_match = false;
+        let mut setvars = Vec::new();
+        let mut ctls = Vec::new();
+        for a in actions {
+            let value = a.value.as_deref();
+            match a.name.as_str() {
+                "id" => {
+                    id = Some(
+                        value
+                            .and_then(|v| v.trim().parse::<u32>().ok())
+                            .filter(|id| *id > 0)
+                            .ok_or_else(|| {
+                                err(
+                                    origin,
+                                    format!("`id:{}` is not a rule id", value.unwrap_or("")),
+                                )
+                            })?,
+                    );
+                }
+                "phase" => phase = Some(parse_phase(origin, value)?),
+                "msg" => msg = value.map(str::to_owned),
+                "tag" => tags.extend(value.map(str::to_owned)),
+                "log" => log = Some(true),
+                "nolog" => log = Some(false),
+                "pass" => disruptive = Some(Disruptive::Pass),
+                "block" => disruptive = Some(Disruptive::Block),
+                "deny" => disruptive = Some(Disruptive::Deny),
+                "drop" => disruptive = Some(Disruptive::Drop),
+                "allow" => disruptive = Some(Disruptive::Allow),
+                "status" => {
+                    status = value.and_then(|v| v.trim().parse::<u16>().ok());
+                    if status.is_none() {
+                        return Err(err(origin, "`status` needs an HTTP status code"));
+                    }
+                }
+                "chain" => chain = true,
+                "skipafter" => skip_after = value.map(str::to_owned),
+                "skip" => {
+                    skip = value
+                        .and_then(|v| v.trim().parse::<u32>().ok())
+                        .ok_or_else(|| err(origin, "`skip` needs a number"))?;
+                }
+                "t" => {
+                    let list = transforms.get_or_insert_with(Vec::new);
+                    push_transform(origin, list, value)?;
+                }
+                "capture" => capture = true,
+                "multimatch" => multi_match = true,
+                "setvar" => setvars.push(parse_setvar(origin, value.unwrap_or(""))?),
+                "ctl" => ctls.push(self.parse_ctl(origin, value.unwrap_or(""))?),
+                // Metadata and logging details with no effect on matching.
+                "ver" | "rev" | "severity" | "logdata" | "auditlog" | "noauditlog" | "accuracy"
+                | "maturity" => {}
+                // Persistent collections (IP, GLOBAL): CRS opens them only when
+                // `tx.enable_default_collections` is 1 (off by default). They are not kept here:
+                // `initcol` opens nothing, and rules reading them see empty collections.
+                "initcol" => {}
+                "expirevar" | "setuid" | "setsid" | "exec" | "append" | "prepend" | "proxy"
+                | "redirect" | "pause" | "sanitisearg" | "sanitisematched" | "sanitiseresponse"
+                | "deprecatevar" | "setenv" => {
+                    return Err(err(
+                        origin,
+                        format!("the action `{}` is not supported", a.name),
+                    ));
+                }
+                other => return Err(err(origin, format!("unknown action `{other}`"))),
+            }
+        }
+        let (vars, op, negated, always) = match test {
+            Some((vars, op, negated)) => (vars, op, negated, false),
+            None => (Vec::new(), Op::Static(Operator::Unconditional), false, true),
+        };
+        let (vars, excludes): (Vec<Var>, Vec<Var>) =
+            vars.into_iter().partition(|v| !is_exclusion(v));
+        let excludes = excludes.into_iter().map(|mut v| {
+            v.count = false;
+            v
+        });
+        let default_phase = match chained_to {
+            Some(parent) => self.rules.get(parent).map_or(2, |r| r.phase),
+            None => phase.unwrap_or(2),
+        };
+        let defaults = self
+            .defaults
+            .get(usize::from(default_phase.saturating_sub(1)))
+            .cloned()
+            .unwrap_or_default();
+        let link = Link {
+            vars,
+            excludes: excludes.collect(),
+            transforms: transforms.unwrap_or(defaults.transforms).into(),
+            op,
+            negated,
+            always,
+            capture,
+            multi_match,
+            setvars,
+            ctls,
+        };
+        if let Some(parent) = chained_to {
+            // A chained link: its own test and effects; the rule's metadata stays the parent's.
+            if id.is_some()
+                || phase.is_some()
+                || disruptive.is_some() && disruptive != Some(Disruptive::Pass)
+            {
+                return Err(err(
+                    origin,
+                    "a chained rule cannot set `id`, `phase` or a disruptive action: put them on the chain's first rule",
+                ));
+            }
+            let rule = self
+                .rules
+                .get_mut(parent)
+                .ok_or_else(|| err(origin, "internal: a chain without its rule"))?;
+            rule.links.push(link);
+            if chain {
+                self.open_chain = Some(parent);
+            }
+            return Ok(());
+        }
+        let id = id.ok_or_else(|| err(origin, "a rule needs an `id`"))?;
+        let phase = phase.unwrap_or(2);
+        let index = self.rules.len();
+        self.rules.push(CRule {
+            id,
+            phase,
+            origin: origin.clone(),
+            msg,
+            tags,
+            log: log.unwrap_or(defaults.log),
+            disruptive: disruptive.unwrap_or(defaults.disruptive),
+            status,
+            skip_after,
+            skip,
+            links: vec![link],
+        });
+        self.steps.push((phase, Step::Rule(index)));
+        if chain {
+            self.open_chain = Some(index);
+        }
+        Ok(())
+    }
+
+    fn operator(&mut self, origin: &Origin, name: &str, param: &str) -> Result<Op, CrsError> {
+        match name {
+            "detectSQLi" => return Ok(Op::DetectSqli),
+            "detectXSS" => return Ok(Op::DetectXss),
+            _ => {}
+        }
+        if param.contains("%{") {
+            if matches!(name, "rx" | "pm" | "pmFromFile" | "ipMatch") {
+                return Err(err(
+                    origin,
+                    format!(
+                        "`@{name}` with a macro in its parameter is not supported (it would compile per request)"
+                    ),
+                ));
+            }
+            // Checked now with the macro text, so an unknown operator fails at load time.
+            Operator::compile(name, "0").map_err(|e| err(origin, e.to_string()))?;
+            return Ok(Op::Macro {
+                name: name.to_owned(),
+                param: param.to_owned(),
+            });
+        }
+        if name == "pmFromFile" || name == "pmf" {
+            let mut phrases = Vec::new();
+            for file in param.split_whitespace() {
+                if !self.data.contains_key(file) {
+                    let path = self.data_dir.join(file);
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        err(
+                            origin,
+                            format!("`@pmFromFile {file}`: cannot read {}: {e}", path.display()),
+                        )
+                    })?;
+                    let lines = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect();
+                    self.data.insert(file.to_owned(), lines);
+                }
+                phrases.extend(self.data.get(file).into_iter().flatten().cloned());
+            }
+            return Operator::phrases(phrases.iter().map(String::as_str))
+                .map(Op::Static)
+                .map_err(|e| err(origin, e.to_string()));
+        }
+        Operator::compile(name, param)
+            .map(Op::Static)
+            .map_err(|e| err(origin, e.to_string()))
+    }
+
+    fn vars(&self, origin: &Origin, variables: &[Variable]) -> Result<Vec<Var>, CrsError> {
+        variables.iter().map(|v| compile_var(origin, v)).collect()
+    }
+
+    fn split_vars(
+        &self,
+        origin: &Origin,
+        variables: &[Variable],
+    ) -> Result<(Vec<Var>, Vec<Var>), CrsError> {
+        let all = self.vars(origin, variables)?;
+        Ok(all.into_iter().partition(|v| !is_exclusion(v)))
+    }
+
+    fn parse_ctl(&self, origin: &Origin, text: &str) -> Result<Ctl, CrsError> {
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| err(origin, format!("`ctl:{text}` needs `name=value`")))?;
+        let target = |spec: &str| -> Result<Var, CrsError> {
+            let vars = seclang::variables(spec).map_err(|e| err(origin, e))?;
+            let [v] = vars.as_slice() else {
+                return Err(err(origin, format!("`ctl:{text}` takes one target")));
+            };
+            compile_var(origin, v)
+        };
+        Ok(match name.trim() {
+            "ruleEngine" => Ctl::RuleEngine(engine_mode(origin, value)?),
+            "ruleRemoveById" => Ctl::RemoveById(
+                parse_ranges(value)
+                    .ok_or_else(|| err(origin, format!("`ctl:{text}`: bad id or range")))?,
+            ),
+            "ruleRemoveByTag" => Ctl::RemoveByTag(value.to_owned()),
+            "ruleRemoveTargetById" => {
+                let (ids, spec) = value
+                    .split_once(';')
+                    .ok_or_else(|| err(origin, format!("`ctl:{text}` needs `ID;TARGET`")))?;
+                Ctl::RemoveTargetById(
+                    parse_ranges(ids)
+                        .ok_or_else(|| err(origin, format!("`ctl:{text}`: bad id")))?,
+                    target(spec)?,
+                )
+            }
+            "ruleRemoveTargetByTag" => {
+                let (tag, spec) = value
+                    .split_once(';')
+                    .ok_or_else(|| err(origin, format!("`ctl:{text}` needs `TAG;TARGET`")))?;
+                Ctl::RemoveTargetByTag(tag.to_owned(), target(spec)?)
+            }
+            "forceRequestBodyVariable" => Ctl::ForceRequestBodyVariable,
+            "requestBodyProcessor" => Ctl::RequestBodyProcessor(value.trim().to_ascii_uppercase()),
+            "auditEngine" | "auditLogParts" | "requestBodyAccess" | "responseBodyAccess" => {
+                Ctl::Ignored
+            }
+            other => return Err(err(origin, format!("`ctl:{other}` is not supported"))),
+        })
+    }
+}
+
+fn is_exclusion(v: &Var) -> bool {
+    v.exclude
+}
+
+fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {
+    ranges.iter().any(|(a, b)| (*a..=*b).contains(&id))
+}
+
+fn engine_mode(origin: &Origin, text: &str) -> Result<EngineMode, CrsError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(EngineMode::On),
+        "off" => Ok(EngineMode::Off),
+        "detectiononly" => Ok(EngineMode::DetectionOnly),
+        _ => Err(err(
+            origin,
+            format!("rule engine `{text}`: use On, Off or DetectionOnly"),
+        )),
+    }
+}
+
+fn parse_ranges(text: &str) -> Option<Vec<(u32, u32)>> {
+    text.split([',', ' '])
+        .filter(|s| !s.trim().is_empty())
+        .map(|p| match p.trim().split_once('-') {
+            Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+            None => p.trim().parse().ok().map(|id| (id, id)),
+        })
+        .collect()
+}
+
+fn parse_phase(origin: &Origin, value: Option<&str>) -> Result<u8, CrsError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("1") => Ok(1),
+        Some("2" | "request") => Ok(2),
+        Some("3") => Ok(3),
+        Some("4" | "response") => Ok(4),
+        Some("5" | "logging") => Ok(5),
+        other => Err(err(
+            origin,
+            format!("`phase:{}`: use 1 to 5", other.unwrap_or("")),
+        )),
+    }
+}
+
+fn push_transform(
+    origin: &Origin,
+    list: &mut Vec<Transform>,
+    value: Option<&str>,
+) -> Result<(), CrsError> {
+    let name = value.unwrap_or("").trim();
+    if name.eq_ignore_ascii_case("none") {
+        list.clear();
+        return Ok(());
+    }
+    let t = name
+        .parse::<Transform>()
+        .map_err(|e| err(origin, format!("{e} (in `t:{name}`)")))?;
+    list.push(t);
+    Ok(())
+}
+
+fn parse_setvar(origin: &Origin, text: &str) -> Result<SetVar, CrsError> {
+    let text = text.trim();
+    let name_of = |n: &str| -> Result<String, CrsError> {
+        let n = n.trim();
+        let lower = n.to_ascii_lowercase();
+        let Some(var) = lower.strip_prefix("tx.") else {
+            return Err(err(
+                origin,
+                format!("`setvar:{text}`: only the `tx` collection is supported"),
+            ));
+        };
+        Ok(var.to_owned())
+    };
+    if let Some(name) = text.strip_prefix('!') {
+        return Ok(SetVar::Delete(name_of(name)?));
+    }
+    match text.split_once('=') {
+        None => Ok(SetVar::Set(name_of(text)?, "1".into())),
+        Some((name, value)) => {
+            let name = name_of(name)?;
+            Ok(if let Some(v) = value.strip_prefix('+') {
+                SetVar::Add(name, v.to_owned())
+            } else if let Some(v) = value.strip_prefix('-') {
+                SetVar::Sub(name, v.to_owned())
+            } else {
+                SetVar::Set(name, value.to_owned())
+            })
+        }
+    }
+}
+
+fn compile_var(origin: &Origin, v: &Variable) -> Result<Var, CrsError> {
+    let source = match v.name.as_str() {
+        "TX" => Source::Tx,
+        "MATCHED_VAR" => Source::MatchedVar,
+        "MATCHED_VAR_NAME" => Source::MatchedVarName,
+        "MATCHED_VARS" => Source::MatchedVars,
+        "MATCHED_VARS_NAMES" => Source::MatchedVarsNames,
+        "REQUEST_URI_RAW" => Source::RequestUriRaw,
+        "REMOTE_ADDR" => Source::RemoteAddr,
+        "UNIQUE_ID" => Source::UniqueId,
+        "REQUEST_BODY_LENGTH" => Source::RequestBodyLength,
+        "FILES_COMBINED_SIZE" => Source::FilesCombinedSize,
+        "ARGS_COMBINED_SIZE" => Source::ArgsCombinedSize,
+        "REQBODY_PROCESSOR" => Source::ReqbodyProcessor,
+        "XML" => Source::Empty,
+        "MULTIPART_PART_HEADERS" => Source::Empty,
+        "MULTIPART_STRICT_ERROR" => Source::Empty,
+        "MULTIPART_UNMATCHED_BOUNDARY" => Source::Empty,
+        name => {
+            let target: crate::variable::Target = name
+                .parse()
+                .map_err(|_| err(origin, format!("the variable `{name}` is not supported")))?;
+            Source::Exchange(target.collection)
+        }
+    };
+    let select = match &v.key {
+        None => Select::All,
+        Some(Key::Name(n)) => Select::Name(n.clone()),
+        Some(Key::XPath(_)) => Select::All,
+        Some(Key::Regex(src)) => Select::Regex(Arc::new(
+            Regex::builder()
+                .syntax(
+                    syntax::Config::new()
+                        .case_insensitive(true)
+                        .utf8(false)
+                        .unicode(false),
+                )
+                .build(&crate::operator::rewrite_hex_escapes(src))
+                .map_err(|e| err(origin, format!("the key regex of `{}`: {e}", v.name)))?,
+        )),
+    };
+    Ok(Var {
+        source,
+        name: v.name.as_str().into(),
+        select,
+        count: v.count,
+        exclude: v.exclude,
+    })
+}
+
+#[cfg(test)]
+mod tests;

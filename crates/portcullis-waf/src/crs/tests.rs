@@ -1,0 +1,96 @@
+use std::path::Path;
+
+use super::*;
+use crate::request::{Exchange, ParseOptions};
+
+fn crs(text: &str) -> Crs {
+    Crs::load(&[("t.conf".to_owned(), text.to_owned())], Path::new(".")).unwrap()
+}
+
+fn get(uri: &str) -> Exchange {
+    let (parts, ()) = http::Request::get(uri)
+        .header("user-agent", "test")
+        .body(())
+        .unwrap()
+        .into_parts();
+    Exchange::from_request(&parts, b"", ParseOptions::default())
+}
+
+fn ids(crs: &Crs, uri: &str) -> Vec<u32> {
+    crs.evaluate_request(&get(uri), "127.0.0.1")
+        .matches
+        .iter()
+        .filter(|m| m.logged)
+        .map(|m| m.id)
+        .collect()
+}
+
+#[test]
+fn tx_setvar_macros_chains_and_markers() {
+    let rules = r#"
+SecDefaultAction "phase:1,log,pass"
+SecDefaultAction "phase:2,log,pass"
+SecAction "id:1,phase:1,nolog,pass,setvar:tx.limit=5,setvar:tx.score=0"
+SecRule ARGS "@rx attack" "id:10,phase:2,block,setvar:'tx.score=+%{tx.limit}',msg:'hit %{matched_var_name}'"
+SecRule ARGS:a "@rx ^(\d+)$" "id:11,phase:2,capture,chain"
+    SecRule TX:1 "@gt 5" "setvar:tx.score=+1"
+SecRule TX:score "@lt 3" "id:12,phase:2,skipAfter:END"
+SecRule ARGS "@unconditionalMatch" "id:13,phase:2"
+SecMarker END
+SecRule TX:score "@ge %{tx.limit}" "id:14,phase:2,deny,status:406"
+"#;
+    let c = crs(rules);
+    // No match: 12 skips 13; 14 does not fire.
+    assert_eq!(ids(&c, "/?a=1"), [12]);
+    // 10 adds 5 (the macro), so 12 does not skip, 13 runs, 14 denies.
+    let out = c.evaluate_request(&get("/?q=attack"), "127.0.0.1");
+    let got: Vec<u32> = out.matches.iter().map(|m| m.id).collect();
+    assert_eq!(got, [1, 10, 13, 14]);
+    assert_eq!(out.status, Some(406));
+    assert_eq!(out.matches[1].msg.as_deref(), Some("hit ARGS:q"));
+    // The chain: a=9 captures 9 > 5.
+    assert_eq!(ids(&c, "/?a=9"), [11, 12]);
+    assert_eq!(ids(&c, "/?a=3"), [12]);
+}
+
+#[test]
+fn exclusions_counts_and_ctl() {
+    let rules = r#"
+SecRule ARGS|!ARGS:safe "@rx x" "id:20,phase:1,log,pass"
+SecRule &ARGS "@gt 2" "id:21,phase:1,log,pass"
+SecRule ARGS:off "@streq 1" "id:22,phase:1,nolog,pass,ctl:ruleRemoveById=23,ctl:ruleRemoveTargetById=24;ARGS:b"
+SecRule ARGS "@rx y" "id:23,phase:1,log,pass"
+SecRule ARGS "@rx z" "id:24,phase:1,log,pass"
+"#;
+    let c = crs(rules);
+    assert_eq!(ids(&c, "/?safe=x"), Vec::<u32>::new());
+    assert_eq!(ids(&c, "/?a=x&b=1&c=2"), [20, 21]);
+    assert_eq!(ids(&c, "/?a=y&b=z"), [23, 24]);
+    // 22 removes rule 23 and the target ARGS:b of rule 24 (21 counts three arguments).
+    assert_eq!(ids(&c, "/?off=1&a=y&b=z"), [21]);
+    assert_eq!(ids(&c, "/?off=1&a=z"), [24]);
+}
+
+#[test]
+fn load_errors_name_the_construct() {
+    let e = |t: &str| {
+        Crs::load(&[("x.conf".to_owned(), t.to_owned())], Path::new("."))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(e("SecRule ARGS \"@rx a\" \"phase:2\"").contains("needs an `id`"));
+    assert!(e("SecRule ARGS \"@rx a\" \"id:1,exec:/bin/sh\"").contains("`exec` is not supported"));
+    assert!(e("SecRule ARGS \"@nope a\" \"id:1\"").contains("nope"));
+    assert!(e("SecRule FOO \"@rx a\" \"id:1\"").contains("`FOO`"));
+    assert!(e("SecRule ARGS \"@rx a\" \"id:1,t:nope\"").contains("nope"));
+    assert!(e("SecRule ARGS \"@rx a\" \"id:1,ctl:debugLogLevel=9\"").contains("ctl:debugLogLevel"));
+    assert!(e("SecRule ARGS \"@rx a\" \"id:1,chain\"").contains("chain"));
+    assert!(e("SecRule ARGS \"@rx (\" \"id:1\"").starts_with("x.conf:1: "));
+}
+
+#[test]
+fn the_core_rule_set_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let c = Crs::load_dir(&dir, "", "").unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.rule_count() > 600, "{}", c.rule_count());
+}
