@@ -74,7 +74,11 @@ pub(crate) enum Source {
     FilesCombinedSize,
     ArgsCombinedSize,
     ReqbodyProcessor,
-    /// Collections this engine does not fill (`XML`, `MULTIPART_PART_HEADERS`, ...): empty.
+    /// `XML:/*` (text content) or `XML://@*` (attribute values) of an XML body.
+    Xml {
+        attributes: bool,
+    },
+    /// Collections this engine does not fill (`MULTIPART_PART_HEADERS`, ...): empty.
     Empty,
 }
 
@@ -862,7 +866,9 @@ fn compile_var(origin: &Origin, v: &Variable) -> Result<Var, CrsError> {
         "FILES_COMBINED_SIZE" => Source::FilesCombinedSize,
         "ARGS_COMBINED_SIZE" => Source::ArgsCombinedSize,
         "REQBODY_PROCESSOR" => Source::ReqbodyProcessor,
-        "XML" => Source::Empty,
+        "XML" => Source::Xml {
+            attributes: matches!(&v.key, Some(Key::XPath(p)) if p.contains('@')),
+        },
         "MULTIPART_PART_HEADERS" => Source::Empty,
         "MULTIPART_STRICT_ERROR" => Source::Empty,
         "MULTIPART_UNMATCHED_BOUNDARY" => Source::Empty,

@@ -109,6 +109,11 @@ fn body_processor_of(ex: &Exchange) -> Option<String> {
         Some("MULTIPART".into())
     } else if essence == "application/json" || essence.ends_with("+json") {
         Some("JSON".into())
+    } else if essence == "application/xml"
+        || essence == "text/xml"
+        || essence.starts_with("application/soap+xml")
+    {
+        Some("XML".into())
     } else {
         None
     }
@@ -228,7 +233,9 @@ impl Transaction<'_> {
         let mut matched = Vec::new();
         let mut captured = None;
         for (name, raw) in self.values(rule, link) {
-            let (hit, caps) = if link.multi_match {
+            // MATCHED_VAR(S) hold the transformed value (a chained rule reads it as the
+            // parent saw it).
+            let (hit, caps, seen) = if link.multi_match {
                 // `multiMatch`: the operator sees the value before and after each
                 // transformation.
                 let mut value = raw.to_vec();
@@ -240,13 +247,14 @@ impl Transaction<'_> {
                     value = t.apply(&value).into_owned();
                     result = self.test(link, &value);
                 }
-                result
+                (result.0, result.1, value)
             } else {
                 let value = apply_all(&link.transforms, &raw);
-                self.test(link, &value)
+                let (hit, caps) = self.test(link, &value);
+                (hit, caps, value.into_owned())
             };
             if hit != link.negated {
-                matched.push((name, raw.into_owned()));
+                matched.push((name, seen));
                 if caps.is_some() {
                     captured = caps;
                 }
@@ -358,6 +366,16 @@ impl Transaction<'_> {
     fn members<'v>(&'v self, var: &Var) -> Vec<(Cow<'v, str>, Cow<'v, [u8]>)> {
         let one = |v: Vec<u8>| vec![(Cow::Borrowed(""), Cow::Owned(v))];
         match &var.source {
+            // ModSecurity fills REQUEST_BODY for URL-encoded bodies and bodies no processor
+            // parsed, not for JSON, XML or multipart ones.
+            Source::Exchange(Collection::RequestBody)
+                if matches!(
+                    self.body_processor.as_deref(),
+                    Some("JSON" | "XML" | "MULTIPART")
+                ) =>
+            {
+                Vec::new()
+            }
             Source::Exchange(c) => {
                 let names = c.names_of().is_some();
                 self.ex
@@ -428,6 +446,20 @@ impl Transaction<'_> {
                 .iter()
                 .map(|p| (Cow::Borrowed(""), Cow::Borrowed(p.as_bytes())))
                 .collect(),
+            Source::Xml { attributes } => {
+                if self.body_processor.as_deref() != Some("XML") {
+                    return Vec::new();
+                }
+                let body = self
+                    .ex
+                    .items(Collection::RequestBody)
+                    .first()
+                    .map_or(&b""[..], |i| i.value());
+                xml_values(body, *attributes)
+                    .into_iter()
+                    .map(|v| (Cow::Borrowed(""), Cow::Owned(v)))
+                    .collect()
+            }
             Source::Empty => Vec::new(),
         }
     }
@@ -605,4 +637,49 @@ fn single_valued(c: Collection) -> bool {
 /// (fail closed) rather than taking the process down.
 fn guarded(f: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
     std::panic::catch_unwind(f).unwrap_or(true)
+}
+
+/// The text content (or, with `attributes`, the attribute values) of an XML document, by a
+/// tolerant scan: enough for rules that look for attack text in XML bodies. Bounded by the
+/// body, which is bounded by the inspection limit.
+fn xml_values(body: &[u8], attributes: bool) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        let Some(open) = body.iter().skip(i).position(|b| *b == b'<').map(|p| i + p) else {
+            if !attributes {
+                push_text(&mut out, body.get(i..).unwrap_or_default());
+            }
+            break;
+        };
+        if !attributes {
+            push_text(&mut out, body.get(i..open).unwrap_or_default());
+        }
+        let close = body
+            .iter()
+            .skip(open)
+            .position(|b| *b == b'>')
+            .map_or(body.len(), |p| open + p);
+        if attributes {
+            let tag = body.get(open..close).unwrap_or_default();
+            let mut rest = tag;
+            while let Some(q) = rest.iter().position(|b| *b == b'"' || *b == b'\'') {
+                let quote = rest.get(q).copied().unwrap_or(b'"');
+                let after = rest.get(q + 1..).unwrap_or_default();
+                let Some(end) = after.iter().position(|b| *b == quote) else {
+                    break;
+                };
+                out.push(after.get(..end).unwrap_or_default().to_vec());
+                rest = after.get(end + 1..).unwrap_or_default();
+            }
+        }
+        i = close + 1;
+    }
+    out
+}
+
+fn push_text(out: &mut Vec<Vec<u8>>, text: &[u8]) {
+    if text.iter().any(|b| !b.is_ascii_whitespace()) {
+        out.push(text.to_vec());
+    }
 }
