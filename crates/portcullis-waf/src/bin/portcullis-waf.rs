@@ -303,7 +303,9 @@ const CRS_USAGE: &str =
   --include   only test files whose name matches this regex
   --json      end with one JSON line of totals, per file, for paranoia-level-1 request rules
               and for cases with no_expect_ids
-  --failures  print every failed or skipped case and why";
+  --failures  print every failed or skipped case and why
+  --min-*     fail (exit 1) if the pass rate of paranoia-level-1 request rules, of all request
+              rules or of cases with no_expect_ids is below PCT";
 
 #[derive(Default)]
 struct Tally {
@@ -336,10 +338,11 @@ impl Tally {
     }
 }
 
-fn crs_test(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+fn crs_test(mut args: impl Iterator<Item = String>) -> Result<bool, String> {
     use portcullis_waf::crs::{Crs, ftw};
     let (mut crs_dir, mut tests, mut include, mut json, mut failures) =
         (None, None, None, false, false);
+    let mut minimum = [0.0_f64; 3];
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("`{flag}` needs a value"));
         match flag.as_str() {
@@ -354,6 +357,20 @@ fn crs_test(mut args: impl Iterator<Item = String>) -> Result<(), String> {
             }
             "--json" => json = true,
             "--failures" => failures = true,
+            "--min-pl1" | "--min-request" | "--min-no-expect" => {
+                let v = value()?;
+                let pct: f64 = v
+                    .parse()
+                    .map_err(|_| format!("`{flag} {v}`: a percentage"))?;
+                let slot = match flag.as_str() {
+                    "--min-pl1" => 0,
+                    "--min-request" => 1,
+                    _ => 2,
+                };
+                if let Some(m) = minimum.get_mut(slot) {
+                    *m = pct;
+                }
+            }
             "-h" | "--help" => return Err(CRS_USAGE.to_owned()),
             other => return Err(format!("unknown option `{other}`\n{CRS_USAGE}")),
         }
@@ -431,7 +448,24 @@ fn crs_test(mut args: impl Iterator<Item = String>) -> Result<(), String> {
         "crs: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.skipped
     );
-    Ok(())
+    let mut ok = true;
+    for ((what, tally), min) in [
+        ("paranoia-level-1 request rules", &pl1),
+        ("request rules", &requests),
+        ("no_expect_ids cases", &no_expect),
+    ]
+    .into_iter()
+    .zip(minimum)
+    {
+        if tally.rate() < min {
+            eprintln!(
+                "portcullis-waf: the pass rate of {what} is {:.1}%, below {min}%",
+                tally.rate()
+            );
+            ok = false;
+        }
+    }
+    Ok(ok)
 }
 
 fn main() -> ExitCode {
@@ -439,7 +473,8 @@ fn main() -> ExitCode {
     if argv.peek().map(String::as_str) == Some("crs-test") {
         argv.next();
         return match crs_test(argv) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("portcullis-waf: {e}");
                 ExitCode::from(2)
