@@ -603,7 +603,13 @@ impl LeakGuard {
                 {
                     continue;
                 }
-                numeric_findings(text, m.range(), self.numeric_kinds, &mut found);
+                // A JSON number (`"created": 1701299883`) is a count, a time or an id of the
+                // API, not an identity number someone wrote down.
+                let head = text.get(..m.start()).unwrap_or_default().trim_ascii_end();
+                let json_number = head.ends_with(b"\":");
+                let [card, ssn, ids] = self.numeric_kinds;
+                let kinds = [card, ssn, ids && !json_number];
+                numeric_findings(text, m.range(), kinds, &mut found);
             }
         }
         if let Some(ac) = &self.canaries {
@@ -812,7 +818,6 @@ fn classify(hit: &[u8], window: &[(usize, usize, u8)], kinds: [bool; 3]) -> Opti
     let lens: Vec<usize> = window.iter().map(|(s, e, _)| e - s).collect();
     let seps: Vec<u8> = window.iter().skip(1).map(|&(_, _, s)| s).collect();
     let one_sep = seps.windows(2).all(|w| w.first() == w.get(1));
-    let shape = |want: &[usize]| lens.len() == 1 || (lens.as_slice() == want && one_sep);
     if card_on
         && (lens.len() == 1
             || (one_sep
@@ -830,19 +835,22 @@ fn classify(hit: &[u8], window: &[(usize, usize, u8)], kinds: [bool; 3]) -> Opti
         return None;
     }
     let dash = seps.iter().all(|&s| s == b'-');
+    // Identifiers whose only check is a mod-10/11 digit would match one bare number in ten
+    // (timestamps and ids in every JSON response): only their written, grouped form counts.
+    let grouped = |want: &[usize]| lens.as_slice() == want && one_sep;
     let ok = match d.len() {
-        9 => shape(&[3, 3, 3]) && (check::ca_sin(&d) || check::au_tfn(&d)),
+        9 => grouped(&[3, 3, 3]) && (check::ca_sin(&d) || check::au_tfn(&d)),
         10 => {
-            (shape(&[3, 3, 4]) && check::uk_nhs(&d))
+            (grouped(&[3, 3, 4]) && check::uk_nhs(&d))
                 || ((lens.len() == 1 || (lens.as_slice() == [6, 4] && dash))
                     && check::se_personnummer(&d))
         }
         11 => {
             (lens.len() == 1 && (check::pl_pesel(&d) || check::tr_tckn(&d)))
-                || (shape(&[2, 3, 3, 3]) && check::au_abn(&d))
+                || (grouped(&[2, 3, 3, 3]) && check::au_abn(&d))
         }
         12 => {
-            (shape(&[4, 4, 4]) && check::in_aadhaar(&d))
+            (grouped(&[4, 4, 4]) && check::in_aadhaar(&d))
                 || ((lens.len() == 1 || (lens.as_slice() == [8, 4] && dash))
                     && check::se_personnummer(&d))
         }

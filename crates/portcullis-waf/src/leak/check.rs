@@ -190,7 +190,8 @@ pub(crate) fn in_aadhaar(d: &[u8]) -> bool {
     d.len() == 12 && matches!(d.first(), Some(2..=9)) && !all_same(d) && verhoeff(d)
 }
 
-/// A South African ID number: 13 digits `YYMMDD SSSS C A Z`, a valid date, Luhn.
+/// A South African ID number: 13 digits `YYMMDD SSSS C A Z`, a valid date, citizenship 0 or
+/// 1, the `A` digit 8 (9 before 1996), Luhn.
 pub(crate) fn za_id(d: &[u8]) -> bool {
     if d.len() != 13 {
         return false;
@@ -198,7 +199,10 @@ pub(crate) fn za_id(d: &[u8]) -> bool {
     let yy = num(d.get(0..2).unwrap_or_default());
     let mm = num(d.get(2..4).unwrap_or_default());
     let dd = num(d.get(4..6).unwrap_or_default());
-    valid_date(2000 + yy, mm, dd) && matches!(d.get(10), Some(0 | 1)) && luhn(d)
+    valid_date(2000 + yy, mm, dd)
+        && matches!(d.get(10), Some(0 | 1))
+        && matches!(d.get(11), Some(8 | 9))
+        && luhn(d)
 }
 
 /// A Swedish personnummer (10 or 12 digits): a valid date (or coordination day + 60), Luhn

@@ -131,3 +131,20 @@ fn config_errors() {
         .contains("holdback")
     );
 }
+
+#[test]
+fn json_numbers_are_not_national_ids() {
+    // Epoch seconds and milliseconds in every API response: a bare ten-digit number passes
+    // a mod-11 check one time in eleven, so only grouped forms of weakly checked ids count.
+    let guard = LeakGuard::new(&LeakGuardConfig::default()).unwrap();
+    for t in (1_700_000_000_u64..1_900_000_000).step_by(99_991) {
+        for text in [
+            format!("{{\"created\":{t},\"id\":\"chatcmpl-1\"}}"),
+            format!("{{\"ts\":{}}}", t * 1000 + 123),
+        ] {
+            assert!(guard.scan(text.as_bytes()).is_empty(), "{text}");
+        }
+    }
+    // The written forms still count.
+    assert!(!guard.scan(b"NHS number 943 476 5919").is_empty());
+}
