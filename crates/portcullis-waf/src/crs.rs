@@ -164,6 +164,8 @@ pub(crate) struct Link {
     pub(crate) vars: Vec<Var>,
     pub(crate) excludes: Vec<Var>,
     pub(crate) transforms: Arc<[Transform]>,
+    /// The interned pipeline (transformed values are cached per transaction by it).
+    pub(crate) pipeline: u32,
     pub(crate) op: Op,
     pub(crate) negated: bool,
     /// `SecAction`: no variables, always matches.
@@ -235,6 +237,7 @@ struct Loader<'a> {
     /// A rule whose last link asked for a chain, still open.
     open_chain: Option<usize>,
     data: HashMap<String, Vec<String>>,
+    pipelines: Vec<Arc<[Transform]>>,
 }
 
 fn err(origin: &Origin, problem: impl Into<String>) -> CrsError {
@@ -309,6 +312,7 @@ impl Crs {
             engine: EngineMode::On,
             open_chain: None,
             data: HashMap::new(),
+            pipelines: Vec::new(),
         };
         for (file, text) in sources {
             for located in seclang::parse(file, text)? {
@@ -595,10 +599,19 @@ impl Loader<'_> {
             .get(usize::from(default_phase.saturating_sub(1)))
             .cloned()
             .unwrap_or_default();
+        let transforms: Arc<[Transform]> = transforms.unwrap_or(defaults.transforms).into();
+        let pipeline = match self.pipelines.iter().position(|p| *p == transforms) {
+            Some(i) => i,
+            None => {
+                self.pipelines.push(transforms.clone());
+                self.pipelines.len() - 1
+            }
+        };
         let link = Link {
             vars,
             excludes: excludes.collect(),
-            transforms: transforms.unwrap_or(defaults.transforms).into(),
+            pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
+            transforms,
             op,
             negated,
             always,

@@ -55,6 +55,29 @@ pub struct Transaction<'a> {
     current: Option<(u32, Option<String>)>,
     outcome: CrsOutcome,
     allowed: bool,
+    cache: std::cell::RefCell<Cache>,
+}
+
+/// Transformed values of one transaction, by (exchange item, pipeline): a value goes through
+/// a pipeline once however many rules read it that way.
+#[derive(Default)]
+struct Cache {
+    arena: Vec<u8>,
+    /// `None`: the pipeline left the value unchanged.
+    entries:
+        std::collections::HashMap<(u32, u32), Option<(usize, usize)>, foldhash::fast::RandomState>,
+}
+
+/// A member of a collection: its name, its value and, for exchange items, the cache key.
+type Member<'v> = (Cow<'v, str>, Cow<'v, [u8]>, Option<u32>);
+
+/// One value a link reads.
+struct Val<'v> {
+    var: &'v Var,
+    member: Cow<'v, str>,
+    value: Cow<'v, [u8]>,
+    /// The exchange item it came from, for the transformation cache.
+    key: Option<u32>,
 }
 
 impl std::fmt::Debug for Transaction<'_> {
@@ -84,6 +107,7 @@ impl Crs {
             current: None,
             outcome: CrsOutcome::default(),
             allowed: false,
+            cache: std::cell::RefCell::default(),
         }
     }
 
@@ -232,13 +256,13 @@ impl Transaction<'_> {
         }
         let mut matched = Vec::new();
         let mut captured = None;
-        for (name, raw) in self.values(rule, link) {
+        for val in self.values(rule, link) {
             // MATCHED_VAR(S) hold the transformed value (a chained rule reads it as the
             // parent saw it).
             let (hit, caps, seen) = if link.multi_match {
                 // `multiMatch`: the operator sees the value before and after each
                 // transformation.
-                let mut value = raw.to_vec();
+                let mut value = val.value.to_vec();
                 let mut result = self.test(link, &value);
                 for t in link.transforms.iter() {
                     if result.0 != link.negated {
@@ -247,14 +271,23 @@ impl Transaction<'_> {
                     value = t.apply(&value).into_owned();
                     result = self.test(link, &value);
                 }
-                (result.0, result.1, value)
+                (result.0, result.1, Some(value))
             } else {
-                let value = apply_all(&link.transforms, &raw);
-                let (hit, caps) = self.test(link, &value);
-                (hit, caps, value.into_owned())
+                self.with_transformed(&val, link, |value| {
+                    let (hit, caps) = self.test(link, value);
+                    let keep = (hit != link.negated).then(|| value.to_vec());
+                    (hit, caps, keep)
+                })
             };
             if hit != link.negated {
-                matched.push((name, seen));
+                let name = if val.member.is_empty() {
+                    val.var.name.to_string()
+                } else if val.var.count {
+                    format!("&{}", val.var.name)
+                } else {
+                    format!("{}:{}", val.var.name, val.member)
+                };
+                matched.push((name, seen.unwrap_or_default()));
                 if caps.is_some() {
                     captured = caps;
                 }
@@ -279,11 +312,54 @@ impl Transaction<'_> {
         true
     }
 
+    /// Calls `f` with `val` through the link's pipeline, from the cache when the value is an
+    /// exchange item.
+    fn with_transformed<R>(&self, val: &Val<'_>, link: &Link, f: impl FnOnce(&[u8]) -> R) -> R {
+        if link.transforms.is_empty() {
+            return f(&val.value);
+        }
+        let Some(key) = val.key else {
+            return f(&apply_all(&link.transforms, &val.value));
+        };
+        let mut cache = self.cache.borrow_mut();
+        let entry = match cache.entries.get(&(key, link.pipeline)) {
+            Some(e) => *e,
+            None => {
+                let out = apply_all(&link.transforms, &val.value);
+                let e = match out {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(v) => {
+                        let start = cache.arena.len();
+                        cache.arena.extend_from_slice(&v);
+                        Some((start, cache.arena.len()))
+                    }
+                };
+                cache.entries.insert((key, link.pipeline), e);
+                e
+            }
+        };
+        match entry {
+            None => {
+                drop(cache);
+                f(&val.value)
+            }
+            Some((a, b)) => {
+                // `f` only tests the value: it never touches the cache.
+                drop(cache);
+                let cache = self.cache.borrow();
+                f(cache.arena.get(a..b).unwrap_or_default())
+            }
+        }
+    }
+
     /// Whether `value` passes the link's operator, with the capture groups when the link
     /// captures.
     fn test(&self, link: &Link, value: &[u8]) -> (bool, Option<Vec<Option<Vec<u8>>>>) {
         match &link.op {
             Op::Static(Operator::Rx(re)) if link.capture => {
+                if !re.is_match(value) {
+                    return (false, None);
+                }
                 let mut caps = Captures::all(re.group_info().clone());
                 re.captures(value, &mut caps);
                 if !caps.is_match() {
@@ -306,7 +382,10 @@ impl Transaction<'_> {
                 )
             }
             Op::DetectSqli => (
-                guarded(|| libinjectionrs::detect_sqli(value).is_injection()),
+                guarded(|| {
+                    libinjectionrs::SqliState::new(value, libinjectionrs::SqliFlags::FLAG_NONE)
+                        .detect()
+                }),
                 None,
             ),
             Op::DetectXss => (
@@ -316,8 +395,8 @@ impl Transaction<'_> {
         }
     }
 
-    /// The values a link reads: `(NAME:member, value)`.
-    fn values<'v>(&'v self, rule: &CRule, link: &Link) -> Vec<(String, Cow<'v, [u8]>)> {
+    /// The values a link reads.
+    fn values<'v>(&'v self, rule: &CRule, link: &'v Link) -> Vec<Val<'v>> {
         let mut out = Vec::new();
         let removed: Vec<&Var> = self
             .removed_targets_by_id
@@ -338,33 +417,33 @@ impl Transaction<'_> {
                 .any(|x| x.name == var.name && x.select.selects(member))
         };
         for var in &link.vars {
-            let members = self.members(var);
-            let kept = members
+            let kept = self
+                .members(var)
                 .into_iter()
-                .filter(|(member, _)| var.select.selects(member) && !excluded(var, member));
+                .filter(|(member, _, _)| var.select.selects(member) && !excluded(var, member));
             if var.count {
                 let n = kept.count();
-                out.push((
-                    format!("&{}", var.name),
-                    Cow::Owned(n.to_string().into_bytes()),
-                ));
+                out.push(Val {
+                    var,
+                    member: Cow::Borrowed("&"),
+                    value: Cow::Owned(n.to_string().into_bytes()),
+                    key: None,
+                });
             } else {
-                for (member, value) in kept {
-                    let name = if member.is_empty() {
-                        var.name.to_string()
-                    } else {
-                        format!("{}:{member}", var.name)
-                    };
-                    out.push((name, value));
-                }
+                out.extend(kept.map(|(member, value, key)| Val {
+                    var,
+                    member,
+                    value,
+                    key,
+                }));
             }
         }
         out
     }
 
     /// Every member of a variable's collection, unselected: `(member name, value)`.
-    fn members<'v>(&'v self, var: &Var) -> Vec<(Cow<'v, str>, Cow<'v, [u8]>)> {
-        let one = |v: Vec<u8>| vec![(Cow::Borrowed(""), Cow::Owned(v))];
+    fn members<'v>(&'v self, var: &Var) -> Vec<Member<'v>> {
+        let one = |v: Vec<u8>| vec![(Cow::Borrowed(""), Cow::Owned(v), None)];
         match &var.source {
             // ModSecurity fills REQUEST_BODY for URL-encoded bodies and bodies no processor
             // parsed, not for JSON, XML or multipart ones.
@@ -378,50 +457,53 @@ impl Transaction<'_> {
             }
             Source::Exchange(c) => {
                 let names = c.names_of().is_some();
+                let base = self.ex.base_index(*c);
                 self.ex
                     .items(*c)
                     .iter()
-                    .map(|i| {
+                    .enumerate()
+                    .map(|(n, i)| {
                         let value = if names {
                             Cow::Borrowed(i.name().as_bytes())
                         } else {
                             Cow::Borrowed(i.value())
                         };
                         let member = if single_valued(*c) { "" } else { i.name() };
-                        (Cow::Borrowed(member), value)
+                        let key = u32::try_from((base + n) * 2 + usize::from(names)).ok();
+                        (Cow::Borrowed(member), value, key)
                     })
                     .collect()
             }
             Source::Tx => self
                 .tx
                 .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice())))
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None))
                 .collect(),
             Source::MatchedVar => self
                 .matched_var
                 .iter()
-                .map(|(_, v)| (Cow::Borrowed(""), Cow::Borrowed(v.as_slice())))
+                .map(|(_, v)| (Cow::Borrowed(""), Cow::Borrowed(v.as_slice()), None))
                 .collect(),
             Source::MatchedVarName => self
                 .matched_var
                 .iter()
-                .map(|(n, _)| (Cow::Borrowed(""), Cow::Borrowed(n.as_bytes())))
+                .map(|(n, _)| (Cow::Borrowed(""), Cow::Borrowed(n.as_bytes()), None))
                 .collect(),
             Source::MatchedVars => self
                 .matched_vars
                 .iter()
-                .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_slice())))
+                .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_slice()), None))
                 .collect(),
             Source::MatchedVarsNames => self
                 .matched_vars
                 .iter()
-                .map(|(n, _)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(n.as_bytes())))
+                .map(|(n, _)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(n.as_bytes()), None))
                 .collect(),
             Source::RequestUriRaw => self
                 .ex
                 .items(Collection::RequestUri)
                 .iter()
-                .map(|i| (Cow::Borrowed(""), Cow::Borrowed(i.value())))
+                .map(|i| (Cow::Borrowed(""), Cow::Borrowed(i.value()), None))
                 .collect(),
             Source::RemoteAddr => one(self.remote_addr.clone().into_bytes()),
             Source::UniqueId => one(b"portcullis".to_vec()),
@@ -444,7 +526,7 @@ impl Transaction<'_> {
             Source::ReqbodyProcessor => self
                 .body_processor
                 .iter()
-                .map(|p| (Cow::Borrowed(""), Cow::Borrowed(p.as_bytes())))
+                .map(|p| (Cow::Borrowed(""), Cow::Borrowed(p.as_bytes()), None))
                 .collect(),
             Source::Xml { attributes } => {
                 if self.body_processor.as_deref() != Some("XML") {
@@ -457,7 +539,7 @@ impl Transaction<'_> {
                     .map_or(&b""[..], |i| i.value());
                 xml_values(body, *attributes)
                     .into_iter()
-                    .map(|v| (Cow::Borrowed(""), Cow::Owned(v)))
+                    .map(|v| (Cow::Borrowed(""), Cow::Owned(v), None))
                     .collect()
             }
             Source::Empty => Vec::new(),
