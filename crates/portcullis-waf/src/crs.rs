@@ -166,6 +166,10 @@ pub(crate) struct Link {
     pub(crate) transforms: Arc<[Transform]>,
     /// The interned pipeline (transformed values are cached per transaction by it).
     pub(crate) pipeline: u32,
+    /// For `@rx`: the pattern (hex escapes rewritten), and its place in its pipeline's
+    /// multi-pattern group once the set is built.
+    pub(crate) rx: Option<String>,
+    pub(crate) slot: Option<u32>,
     pub(crate) op: Op,
     pub(crate) negated: bool,
     /// `SecAction`: no variables, always matches.
@@ -208,6 +212,9 @@ pub struct Crs {
     /// What `block` means per phase (from `SecDefaultAction`).
     pub(crate) block_means: [Disruptive; 5],
     pub(crate) engine: EngineMode,
+    /// Per pipeline: every `@rx` of the links that use it, as one overlapping multi-pattern
+    /// search, so a value is searched once per pipeline for all of them.
+    pub(crate) groups: Vec<Vec<Option<Regex>>>,
 }
 
 /// Per-phase defaults from `SecDefaultAction`.
@@ -342,8 +349,11 @@ impl Crs {
             }
         }
         let block_means = loader.defaults.clone().map(|d| d.disruptive);
+        let mut rules = loader.rules;
+        let groups = build_groups(&mut rules, loader.pipelines.len());
         Ok(Self {
-            rules: loader.rules,
+            groups,
+            rules,
             phases,
             block_means,
             engine: loader.engine,
@@ -382,7 +392,9 @@ impl Loader<'_> {
             } => {
                 let op = self.operator(&origin, &operator.name, &operator.param)?;
                 let vars = self.vars(&origin, &variables)?;
-                self.rule(&origin, Some((vars, op, operator.negated)), &actions)
+                let rx = (operator.name == "rx" && matches!(op, Op::Static(_)))
+                    .then(|| crate::operator::rewrite_hex_escapes(&operator.param));
+                self.rule(&origin, Some((vars, op, operator.negated, rx)), &actions)
             }
             Directive::Action(actions) => self.rule(&origin, None, &actions),
             Directive::Marker(name) => {
@@ -496,7 +508,7 @@ impl Loader<'_> {
     fn rule(
         &mut self,
         origin: &Origin,
-        test: Option<(Vec<Var>, Op, bool)>,
+        test: Option<(Vec<Var>, Op, bool, Option<String>)>,
         actions: &[Action],
     ) -> Result<(), CrsError> {
         let chained_to = self.open_chain.take();
@@ -580,9 +592,15 @@ impl Loader<'_> {
                 other => return Err(err(origin, format!("unknown action `{other}`"))),
             }
         }
-        let (vars, op, negated, always) = match test {
-            Some((vars, op, negated)) => (vars, op, negated, false),
-            None => (Vec::new(), Op::Static(Operator::Unconditional), false, true),
+        let (vars, op, negated, always, rx) = match test {
+            Some((vars, op, negated, rx)) => (vars, op, negated, false, rx),
+            None => (
+                Vec::new(),
+                Op::Static(Operator::Unconditional),
+                false,
+                true,
+                None,
+            ),
         };
         let (vars, excludes): (Vec<Var>, Vec<Var>) =
             vars.into_iter().partition(|v| !is_exclusion(v));
@@ -611,6 +629,8 @@ impl Loader<'_> {
             vars,
             excludes: excludes.collect(),
             pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
+            rx,
+            slot: None,
             transforms,
             op,
             negated,
@@ -775,6 +795,49 @@ impl Loader<'_> {
 
 fn is_exclusion(v: &Var) -> bool {
     v.exclude
+}
+
+/// Patterns per multi-pattern search: large enough to answer for many rules in one pass,
+/// small enough that the lazy DFA of CRS's large alternations stays in its cache.
+pub(crate) const GROUP_SIZE: usize = 16;
+
+/// Gathers the `@rx` links of each pipeline into multi-pattern regexes of [`GROUP_SIZE`]
+/// patterns and gives each link its index. Patterns that do not build together keep their
+/// own searches.
+fn build_groups(rules: &mut [CRule], pipelines: usize) -> Vec<Vec<Option<Regex>>> {
+    let mut sources: Vec<Vec<String>> = vec![Vec::new(); pipelines];
+    for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+        if let (Some(rx), Some(list)) = (&link.rx, sources.get_mut(link.pipeline as usize)) {
+            link.slot = u32::try_from(list.len()).ok();
+            list.push(rx.clone());
+        }
+    }
+    let groups: Vec<Vec<Option<Regex>>> = sources
+        .iter()
+        .map(|list| {
+            list.chunks(GROUP_SIZE)
+                .map(|chunk| {
+                    Regex::builder()
+                        .configure(Regex::config().match_kind(regex_automata::MatchKind::All))
+                        .syntax(syntax::Config::new().utf8(false).unicode(false))
+                        .build_many(chunk)
+                        .ok()
+                })
+                .collect()
+        })
+        .collect();
+    for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+        let built = link.slot.and_then(|slot| {
+            groups
+                .get(link.pipeline as usize)?
+                .get(slot as usize / GROUP_SIZE)?
+                .as_ref()
+        });
+        if built.is_none() {
+            link.slot = None;
+        }
+    }
+    groups
 }
 
 fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {

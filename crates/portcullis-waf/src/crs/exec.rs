@@ -56,6 +56,14 @@ pub struct Transaction<'a> {
     outcome: CrsOutcome,
     allowed: bool,
     cache: std::cell::RefCell<Cache>,
+    /// Per (exchange item, pipeline): which patterns of the pipeline's group match.
+    sets: std::cell::RefCell<
+        std::collections::HashMap<
+            (u32, u32, u32),
+            regex_automata::PatternSet,
+            foldhash::fast::RandomState,
+        >,
+    >,
 }
 
 /// Transformed values of one transaction, by (exchange item, pipeline): a value goes through
@@ -108,6 +116,7 @@ impl Crs {
             outcome: CrsOutcome::default(),
             allowed: false,
             cache: std::cell::RefCell::default(),
+            sets: std::cell::RefCell::default(),
         }
     }
 
@@ -274,7 +283,15 @@ impl Transaction<'_> {
                 (result.0, result.1, Some(value))
             } else {
                 self.with_transformed(&val, link, |value| {
-                    let (hit, caps) = self.test(link, value);
+                    let grouped = match (link.slot, val.key) {
+                        (Some(slot), Some(key)) => self.group_hit(key, link.pipeline, slot, value),
+                        _ => None,
+                    };
+                    let (hit, caps) = match grouped {
+                        Some(false) => (false, None),
+                        Some(true) if !link.capture => (true, None),
+                        _ => self.test(link, value),
+                    };
                     let keep = (hit != link.negated).then(|| value.to_vec());
                     (hit, caps, keep)
                 })
@@ -310,6 +327,27 @@ impl Transaction<'_> {
         self.matched_var = matched.last().cloned();
         self.matched_vars = matched;
         true
+    }
+
+    /// Whether pattern `slot` of `pipeline`'s group matches `value` (exchange item `key`),
+    /// searching the value once for the whole group. `None` when the pipeline has no group.
+    fn group_hit(&self, key: u32, pipeline: u32, slot: u32, value: &[u8]) -> Option<bool> {
+        let chunk = slot as usize / super::GROUP_SIZE;
+        let group = self
+            .crs
+            .groups
+            .get(pipeline as usize)?
+            .get(chunk)?
+            .as_ref()?;
+        let chunk_key = u32::try_from(chunk).ok()?;
+        let mut sets = self.sets.borrow_mut();
+        let set = sets.entry((key, pipeline, chunk_key)).or_insert_with(|| {
+            let mut set = regex_automata::PatternSet::new(group.pattern_len());
+            group.which_overlapping_matches(&regex_automata::Input::new(value), &mut set);
+            set
+        });
+        let id = regex_automata::PatternID::new(slot as usize % super::GROUP_SIZE).ok()?;
+        Some(set.contains(id))
     }
 
     /// Calls `f` with `val` through the link's pipeline, from the cache when the value is an
@@ -398,47 +436,91 @@ impl Transaction<'_> {
     /// The values a link reads.
     fn values<'v>(&'v self, rule: &CRule, link: &'v Link) -> Vec<Val<'v>> {
         let mut out = Vec::new();
-        let removed: Vec<&Var> = self
-            .removed_targets_by_id
-            .iter()
-            .filter(|(ids, _)| ids.iter().any(|(a, b)| (*a..=*b).contains(&rule.id)))
-            .map(|(_, v)| v)
-            .chain(
+        let mut removed: Vec<&Var> = Vec::new();
+        if !self.removed_targets_by_id.is_empty() || !self.removed_targets_by_tag.is_empty() {
+            removed.extend(
+                self.removed_targets_by_id
+                    .iter()
+                    .filter(|(ids, _)| ids.iter().any(|(a, b)| (*a..=*b).contains(&rule.id)))
+                    .map(|(_, v)| v),
+            );
+            removed.extend(
                 self.removed_targets_by_tag
                     .iter()
                     .filter(|(tag, _)| rule.tags.contains(tag))
                     .map(|(_, v)| v),
-            )
-            .collect();
+            );
+        }
+        let no_exclusions = link.excludes.is_empty() && removed.is_empty();
         let excluded = |var: &Var, member: &str| {
-            link.excludes
-                .iter()
-                .chain(removed.iter().copied())
-                .any(|x| x.name == var.name && x.select.selects(member))
+            !no_exclusions
+                && link
+                    .excludes
+                    .iter()
+                    .chain(removed.iter().copied())
+                    .any(|x| x.name == var.name && x.select.selects(member))
         };
         for var in &link.vars {
-            let kept = self
-                .members(var)
-                .into_iter()
-                .filter(|(member, _, _)| var.select.selects(member) && !excluded(var, member));
+            let mut count = 0_usize;
+            self.for_each_member(var, |member, value, key| {
+                if !var.select.selects(&member) || excluded(var, &member) {
+                    return;
+                }
+                if var.count {
+                    count += 1;
+                } else {
+                    out.push(Val {
+                        var,
+                        member,
+                        value,
+                        key,
+                    });
+                }
+            });
             if var.count {
-                let n = kept.count();
                 out.push(Val {
                     var,
                     member: Cow::Borrowed("&"),
-                    value: Cow::Owned(n.to_string().into_bytes()),
+                    value: Cow::Owned(count.to_string().into_bytes()),
                     key: None,
                 });
-            } else {
-                out.extend(kept.map(|(member, value, key)| Val {
-                    var,
-                    member,
-                    value,
-                    key,
-                }));
             }
         }
         out
+    }
+
+    /// Calls `f` with every member of a variable's collection, unselected.
+    fn for_each_member<'v>(
+        &'v self,
+        var: &Var,
+        mut f: impl FnMut(Cow<'v, str>, Cow<'v, [u8]>, Option<u32>),
+    ) {
+        if let Source::Exchange(c) = &var.source {
+            let skip_body = *c == Collection::RequestBody
+                && matches!(
+                    self.body_processor.as_deref(),
+                    Some("JSON" | "XML" | "MULTIPART")
+                );
+            if !skip_body {
+                let names = c.names_of().is_some();
+                let base = self.ex.base_index(*c);
+                let single = single_valued(*c);
+                for (n, i) in self.ex.items(*c).iter().enumerate() {
+                    let value = if names {
+                        i.name().as_bytes()
+                    } else {
+                        i.value()
+                    };
+                    let member = if single { "" } else { i.name() };
+                    let key = u32::try_from((base + n) * 2 + usize::from(names)).ok();
+                    f(Cow::Borrowed(member), Cow::Borrowed(value), key);
+                }
+            }
+            return;
+        }
+        for (member, value, key) in self.members(var) {
+            f(member, value, key);
+        }
     }
 
     /// Every member of a variable's collection, unselected: `(member name, value)`.
