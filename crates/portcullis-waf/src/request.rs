@@ -69,15 +69,24 @@ pub struct Exchange {
     body_error: Option<BodyError>,
 }
 
+/// A request head as received, for [`Exchange::from_head`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method (`GET`).
+    pub method: &'a str,
+    /// The request target (`/path?query`, or an absolute URI).
+    pub target: &'a str,
+    /// The protocol (`HTTP/1.1`).
+    pub protocol: &'a str,
+    /// The header fields in order, names as sent.
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
 /// How request bodies are parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ParseOptions {
     /// Bounds on the parsers' work.
     pub limits: Limits,
-}
-
-fn header_str(headers: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Whether a content type is JSON (`application/json`, `application/*+json`).
@@ -94,14 +103,56 @@ impl Exchange {
     /// `body`. Bodies are parsed by content type; a body that does not parse sets
     /// `REQBODY_ERROR` and keeps what was parsed before the problem.
     pub fn from_request(parts: &http::request::Parts, body: &[u8], options: ParseOptions) -> Self {
-        let mut ex = Self::default();
-        let limits = options.limits;
-        let query = parts.uri.query().unwrap_or_default();
-        let path = parts.uri.path();
         let target = parts
             .uri
             .path_and_query()
-            .map_or(path, http::uri::PathAndQuery::as_str);
+            .map_or(parts.uri.path(), http::uri::PathAndQuery::as_str);
+        let headers: Vec<(&str, &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        let protocol = match parts.version {
+            http::Version::HTTP_09 => "HTTP/0.9",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        let head = RequestHead {
+            method: parts.method.as_str(),
+            target,
+            protocol,
+            headers: &headers,
+        };
+        Self::from_head(&head, body, options)
+    }
+
+    /// Extracts the values of a request from its head as received: the method, request
+    /// target and protocol as text and the headers in order, unvalidated (for requests an
+    /// HTTP library would refuse, as test suites send them).
+    pub fn from_head(head: &RequestHead<'_>, body: &[u8], options: ParseOptions) -> Self {
+        let mut ex = Self::default();
+        let limits = options.limits;
+        let target = head.target;
+        // The path of an absolute-form target (`http://host/p?q`) starts after the authority.
+        let origin_form = ["http://", "https://"]
+            .iter()
+            .find_map(|scheme| {
+                let rest = target
+                    .get(..scheme.len())?
+                    .eq_ignore_ascii_case(scheme)
+                    .then(|| target.get(scheme.len()..))??;
+                Some(rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/"))
+            })
+            .unwrap_or(target);
+        let (path, query) = origin_form.split_once('?').unwrap_or((origin_form, ""));
+        let header = |name: &'static str| {
+            head.headers
+                .iter()
+                .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
 
         // ARGS_GET
         let parsed = body::parse_urlencoded(query.as_bytes(), limits);
@@ -112,7 +163,10 @@ impl Exchange {
         );
 
         // ARGS_POST and FILES, by content type.
-        let content_type = header_str(&parts.headers, http::header::CONTENT_TYPE).unwrap_or("");
+        let content_type = header("content-type")
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("");
         let mut files = Vec::new();
         let mut prompt = Vec::new();
         let start = ex.items.len();
@@ -147,16 +201,10 @@ impl Exchange {
         // REQUEST_HEADERS and REQUEST_COOKIES
         ex.push_all(
             Collection::RequestHeaders,
-            parts
-                .headers
-                .iter()
-                .map(|(k, v)| Item::new(k.as_str(), v.as_bytes())),
+            head.headers.iter().map(|(k, v)| Item::new(*k, *v)),
         );
-        let cookies: Vec<Item> = parts
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        let cookies: Vec<Item> = header("cookie")
+            .flat_map(|v| v.split(|&b| b == b';'))
             .filter_map(|pair| {
                 let pair = trim_bytes(pair);
                 if pair.is_empty() {
@@ -173,14 +221,8 @@ impl Exchange {
         ex.push_all(Collection::RequestCookies, cookies);
         ex.push_all(Collection::Files, files);
 
-        let method = parts.method.as_str();
-        let protocol = match parts.version {
-            http::Version::HTTP_09 => "HTTP/0.9",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_2 => "HTTP/2.0",
-            http::Version::HTTP_3 => "HTTP/3.0",
-            _ => "HTTP/1.1",
-        };
+        let method = head.method;
+        let protocol = head.protocol;
         ex.push_one(Collection::RequestMethod, method.as_bytes());
         ex.push_one(Collection::RequestUri, target.as_bytes());
         ex.push_one(Collection::RequestFilename, path.as_bytes());

@@ -120,6 +120,16 @@ impl Crs {
         }
     }
 
+    /// Runs all four phases over `ex`, whose response has been set
+    /// ([`Exchange::set_response`]).
+    pub fn evaluate_exchange(&self, ex: &Exchange, remote_addr: &str) -> CrsOutcome {
+        let mut t = self.transaction(ex, remote_addr);
+        for phase in 1..=4 {
+            t.run(phase);
+        }
+        t.finish()
+    }
+
     /// Runs the request phases (1 and 2) over `ex`.
     pub fn evaluate_request(&self, ex: &Exchange, remote_addr: &str) -> CrsOutcome {
         let mut t = self.transaction(ex, remote_addr);
@@ -243,12 +253,12 @@ impl Transaction<'_> {
 
     fn eval_rule(&mut self, rule: &CRule) -> bool {
         self.current = Some((rule.id, rule.msg.clone()));
+        // Each link's actions run as soon as it matches, before the next link is tested (a
+        // chained rule may read what its parent set, as CRS's 931130 does).
         for link in &rule.links {
             if !self.eval_link(rule, link) {
                 return false;
             }
-        }
-        for link in &rule.links {
             for sv in &link.setvars {
                 self.setvar(sv, rule);
             }

@@ -94,3 +94,38 @@ fn the_core_rule_set_loads() {
     let c = Crs::load_dir(&dir, "", "").unwrap_or_else(|e| panic!("{e}"));
     assert!(c.rule_count() > 600, "{}", c.rule_count());
 }
+
+#[test]
+fn a_chained_rule_reads_what_its_parent_set() {
+    let c = crs(r#"
+SecRule ARGS "@rx ^(\w+)://" "id:30,phase:1,log,pass,capture,setvar:'tx.scheme_%{matched_var_name}=%{tx.1}',chain"
+    SecRule TX:/^scheme_/ "@streq ftp" ""
+"#);
+    assert_eq!(ids(&c, "/?a=ftp://x"), [30]);
+    assert_eq!(ids(&c, "/?a=http://x"), Vec::<u32>::new());
+}
+
+#[test]
+fn raw_request_heads_are_inspected_as_sent() {
+    use crate::request::RequestHead;
+    let c = crs(r#"
+SecRule ARGS "@rx <script" "id:40,phase:2,log,pass"
+SecRule REQUEST_FILENAME "@streq /a b" "id:41,phase:1,log,pass"
+SecRule REQUEST_PROTOCOL "!@rx ^HTTP/\d\.\d$" "id:42,phase:1,log,pass"
+"#);
+    let headers: Vec<(&str, &[u8])> = vec![("Host", b"x"), ("X-Odd Name", b"\x01")];
+    let head = RequestHead {
+        method: "GET",
+        target: "http://x/a b?q=<script>alert(1)</script>",
+        protocol: "JUNK/1.0",
+        headers: &headers,
+    };
+    let ex = Exchange::from_head(&head, b"", ParseOptions::default());
+    let got: Vec<u32> = c
+        .evaluate_request(&ex, "127.0.0.1")
+        .matches
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, [41, 42, 40]);
+}
