@@ -957,7 +957,8 @@ fn compile_var(origin: &Origin, v: &Variable) -> Result<Var, CrsError> {
     };
     let select = match &v.key {
         None => Select::All,
-        Some(Key::Name(n)) => Select::Name(n.clone()),
+        // Member names compare without case; TX names are stored lowercase.
+        Some(Key::Name(n)) => Select::Name(n.to_ascii_lowercase()),
         Some(Key::XPath(_)) => Select::All,
         Some(Key::Regex(src)) => Select::Regex(Arc::new(
             Regex::builder()

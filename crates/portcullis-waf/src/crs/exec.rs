@@ -52,7 +52,6 @@ pub struct Transaction<'a> {
     body_processor: Option<String>,
     matched_var: Option<(String, Vec<u8>)>,
     matched_vars: Vec<(String, Vec<u8>)>,
-    current: Option<(u32, Option<String>)>,
     outcome: CrsOutcome,
     allowed: bool,
     cache: std::cell::RefCell<Cache>,
@@ -112,11 +111,19 @@ impl Crs {
             body_processor: None,
             matched_var: None,
             matched_vars: Vec::new(),
-            current: None,
             outcome: CrsOutcome::default(),
             allowed: false,
-            cache: std::cell::RefCell::default(),
-            sets: std::cell::RefCell::default(),
+            cache: std::cell::RefCell::new(Cache {
+                arena: Vec::with_capacity(4096),
+                entries: std::collections::HashMap::with_capacity_and_hasher(
+                    256,
+                    Default::default(),
+                ),
+            }),
+            sets: std::cell::RefCell::new(std::collections::HashMap::with_capacity_and_hasher(
+                256,
+                Default::default(),
+            )),
         }
     }
 
@@ -252,7 +259,6 @@ impl Transaction<'_> {
     }
 
     fn eval_rule(&mut self, rule: &CRule) -> bool {
-        self.current = Some((rule.id, rule.msg.clone()));
         // Each link's actions run as soon as it matches, before the next link is tested (a
         // chained rule may read what its parent set, as CRS's 931130 does).
         for link in &rule.links {
@@ -468,7 +474,10 @@ impl Transaction<'_> {
                     .excludes
                     .iter()
                     .chain(removed.iter().copied())
-                    .any(|x| x.name == var.name && x.select.selects(member))
+                    .any(|x| {
+                        (std::sync::Arc::ptr_eq(&x.name, &var.name) || x.name == var.name)
+                            && x.select.selects(member)
+                    })
         };
         for var in &link.vars {
             let mut count = 0_usize;
@@ -505,6 +514,13 @@ impl Transaction<'_> {
         var: &Var,
         mut f: impl FnMut(Cow<'v, str>, Cow<'v, [u8]>, Option<u32>),
     ) {
+        // A named TX variable: one lookup, not a scan of every TX variable.
+        if let (Source::Tx, super::Select::Name(name)) = (&var.source, &var.select) {
+            if let Some((k, v)) = self.tx.get_key_value(name.as_str()) {
+                f(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None);
+            }
+            return;
+        }
         if let Source::Exchange(c) = &var.source {
             let skip_body = *c == Collection::RequestBody
                 && matches!(
@@ -720,10 +736,6 @@ impl Transaction<'_> {
         if let Some(var) = name.strip_prefix("tx.") {
             return self.tx.get(var).map(|v| text(v)).unwrap_or_default();
         }
-        let (id, msg) = match &self.current {
-            Some((id, msg)) if rule.id == 0 => (*id, msg.clone()),
-            _ => (rule.id, rule.msg.clone()),
-        };
         match name {
             "matched_var" => self
                 .matched_var
@@ -735,8 +747,8 @@ impl Transaction<'_> {
                 .as_ref()
                 .map(|(n, _)| n.clone())
                 .unwrap_or_default(),
-            "rule.id" => id.to_string(),
-            "rule.msg" => msg.unwrap_or_default(),
+            "rule.id" => rule.id.to_string(),
+            "rule.msg" => rule.msg.clone().unwrap_or_default(),
             "remote_addr" => self.remote_addr.clone(),
             "unique_id" => "portcullis".into(),
             "reqbody_error_msg" => self
