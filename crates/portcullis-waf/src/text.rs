@@ -123,17 +123,24 @@ pub(crate) fn decode_blobs(input: &[u8]) -> Vec<u8> {
         t
     }
     static B64: [bool; 256] = table();
-    let is_b64 = |b: &u8| B64.get(usize::from(*b)).copied().unwrap_or(false);
+    let is_b64 = |b: u8| B64.get(usize::from(b)).copied().unwrap_or(false);
     let mut out = Vec::new();
-    let mut rest = input;
-    while let Some(start) = rest.iter().position(is_b64) {
-        let from = rest.get(start..).unwrap_or_default();
-        let len = from.iter().position(|b| !is_b64(b)).unwrap_or(from.len());
-        let (run, tail) = from.split_at(len);
-        rest = tail;
-        if run.len() < 16 {
-            continue;
+    // Runs of at least 16 alphabet bytes, found in one pass (prose has few words that long).
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, &b) in input.iter().enumerate() {
+        if !is_b64(b) {
+            if i - start >= 16 {
+                runs.push(start..i);
+            }
+            start = i + 1;
         }
+    }
+    if input.len().saturating_sub(start) >= 16 {
+        runs.push(start..input.len());
+    }
+    for range in runs {
+        let run = input.get(range).unwrap_or_default();
         let hex = run.len() % 2 == 0 && run.iter().all(u8::is_ascii_hexdigit);
         let decoded = if hex {
             run.chunks(2)
