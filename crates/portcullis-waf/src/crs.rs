@@ -109,6 +109,8 @@ pub(crate) struct Var {
     pub(crate) select: Select,
     pub(crate) count: bool,
     pub(crate) exclude: bool,
+    /// The link's exclusions of this variable's collection (filled once the set is loaded).
+    pub(crate) excluded: Vec<Select>,
 }
 
 /// An operator, compiled at load time or, when its parameter holds macros, at run time.
@@ -350,6 +352,16 @@ impl Crs {
         }
         let block_means = loader.defaults.clone().map(|d| d.disruptive);
         let mut rules = loader.rules;
+        for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+            let excludes = &link.excludes;
+            for var in &mut link.vars {
+                var.excluded = excludes
+                    .iter()
+                    .filter(|x| x.name == var.name)
+                    .map(|x| x.select.clone())
+                    .collect();
+            }
+        }
         let groups = build_groups(&mut rules, loader.pipelines.len());
         Ok(Self {
             groups,
@@ -978,6 +990,7 @@ fn compile_var(origin: &Origin, v: &Variable) -> Result<Var, CrsError> {
         select,
         count: v.count,
         exclude: v.exclude,
+        excluded: Vec::new(),
     })
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use regex_automata::util::captures::Captures;
 
-use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, SetVar, Source, Step, Var};
+use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, Select, SetVar, Source, Step, Var};
 use crate::operator::Operator;
 use crate::request::Exchange;
 use crate::transform::apply_all;
@@ -281,7 +281,7 @@ impl Transaction<'_> {
         }
         let mut matched = Vec::new();
         let mut captured = None;
-        for val in self.values(rule, link) {
+        self.for_each_value(rule, link, |val| {
             // MATCHED_VAR(S) hold the transformed value (a chained rule reads it as the
             // parent saw it).
             let (hit, caps, seen) = if link.multi_match {
@@ -325,7 +325,7 @@ impl Transaction<'_> {
                     captured = caps;
                 }
             }
-        }
+        });
         if matched.is_empty() {
             return false;
         }
@@ -449,9 +449,8 @@ impl Transaction<'_> {
         }
     }
 
-    /// The values a link reads.
-    fn values<'v>(&'v self, rule: &CRule, link: &'v Link) -> Vec<Val<'v>> {
-        let mut out = Vec::new();
+    /// Calls `f` with every value a link reads.
+    fn for_each_value<'v>(&'v self, rule: &CRule, link: &'v Link, mut f: impl FnMut(Val<'v>)) {
         let mut removed: Vec<&Var> = Vec::new();
         if !self.removed_targets_by_id.is_empty() || !self.removed_targets_by_tag.is_empty() {
             removed.extend(
@@ -467,28 +466,26 @@ impl Transaction<'_> {
                     .map(|(_, v)| v),
             );
         }
-        let no_exclusions = link.excludes.is_empty() && removed.is_empty();
-        let excluded = |var: &Var, member: &str| {
-            !no_exclusions
-                && link
-                    .excludes
-                    .iter()
-                    .chain(removed.iter().copied())
-                    .any(|x| {
-                        (std::sync::Arc::ptr_eq(&x.name, &var.name) || x.name == var.name)
-                            && x.select.selects(member)
-                    })
-        };
         for var in &link.vars {
+            let removed_here: Vec<&Select> = removed
+                .iter()
+                .filter(|x| x.name == var.name)
+                .map(|x| &x.select)
+                .collect();
+            let keep = |member: &str| {
+                var.select.selects(member)
+                    && !var.excluded.iter().any(|x| x.selects(member))
+                    && !removed_here.iter().any(|x| x.selects(member))
+            };
             let mut count = 0_usize;
             self.for_each_member(var, |member, value, key| {
-                if !var.select.selects(&member) || excluded(var, &member) {
+                if !keep(&member) {
                     return;
                 }
                 if var.count {
                     count += 1;
                 } else {
-                    out.push(Val {
+                    f(Val {
                         var,
                         member,
                         value,
@@ -497,7 +494,7 @@ impl Transaction<'_> {
                 }
             });
             if var.count {
-                out.push(Val {
+                f(Val {
                     var,
                     member: Cow::Borrowed("&"),
                     value: Cow::Owned(count.to_string().into_bytes()),
@@ -505,7 +502,6 @@ impl Transaction<'_> {
                 });
             }
         }
-        out
     }
 
     /// Calls `f` with every member of a variable's collection, unselected.
@@ -515,7 +511,7 @@ impl Transaction<'_> {
         mut f: impl FnMut(Cow<'v, str>, Cow<'v, [u8]>, Option<u32>),
     ) {
         // A named TX variable: one lookup, not a scan of every TX variable.
-        if let (Source::Tx, super::Select::Name(name)) = (&var.source, &var.select) {
+        if let (Source::Tx, Select::Name(name)) = (&var.source, &var.select) {
             if let Some((k, v)) = self.tx.get_key_value(name.as_str()) {
                 f(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None);
             }
