@@ -257,9 +257,10 @@ fn err(origin: &Origin, problem: impl Into<String>) -> CrsError {
 }
 
 impl Crs {
-    /// Loads a CRS directory: `crs-setup.conf` (or `crs-setup.conf.example`), then
-    /// `rules/*.conf` in name order, then `extra` (directives appended after, e.g. test set-up
-    /// or exclusions), with `@pmFromFile` data read from `rules/`.
+    /// Loads a CRS directory as CRS is installed: `before` (SecLang text, e.g. a test set-up
+    /// or engine settings), `crs-setup.conf` (or `crs-setup.conf.example`), `rules/*.conf` in
+    /// name order, then `after` (e.g. exclusion rules), with `@pmFromFile` data read from
+    /// `rules/`.
     ///
     /// # Errors
     ///
