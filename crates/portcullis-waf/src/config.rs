@@ -108,6 +108,21 @@ pub struct WafConfig {
     pub body: BodyConfig,
     /// The response data-leak guard (off unless configured).
     pub leak_guard: Option<LeakGuardConfig>,
+    /// The OWASP Core Rule Set, run on every request beside the packs (off unless
+    /// configured). It runs at `paranoiaLevel` with `inboundThreshold` as its anomaly
+    /// threshold.
+    pub crs: Option<CrsConfig>,
+}
+
+/// Where the OWASP Core Rule Set is, and what to load after it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CrsConfig {
+    /// The CRS directory: `crs-setup.conf` (or `.example`) and `rules/`.
+    pub dir: PathBuf,
+    /// SecLang files loaded after the rules: exclusions and tuning.
+    #[serde(default)]
+    pub exclusions: Vec<PathBuf>,
 }
 
 impl Default for WafConfig {
@@ -122,6 +137,7 @@ impl Default for WafConfig {
             disabled_tags: Vec::new(),
             body: BodyConfig::default(),
             leak_guard: None,
+            crs: None,
         }
     }
 }

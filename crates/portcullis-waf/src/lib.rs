@@ -45,7 +45,7 @@ pub use body::{
     Arg, BodyError, Limits, Parsed, Part, multipart_boundary, parse_json, parse_multipart,
     parse_urlencoded,
 };
-pub use config::{BodyConfig, Mode, OnMalformed, OverLimit, WafConfig};
+pub use config::{BodyConfig, CrsConfig, Mode, OnMalformed, OverLimit, WafConfig};
 pub use engine::{Evaluation, RuleMatch, RuleSet};
 pub use future::ResponseFuture;
 pub use layer::WafLayer;

@@ -74,6 +74,7 @@ struct Inner {
     threshold: u32,
     body: BodyConfig,
     leak: Option<Arc<LeakGuard>>,
+    crs: Option<crate::crs::Crs>,
 }
 
 impl TryFrom<WafConfig> for Waf {
@@ -155,6 +156,11 @@ impl Waf {
             .as_ref()
             .map(|c| LeakGuard::new(c).map(Arc::new))
             .transpose()?;
+        let crs = config
+            .crs
+            .as_ref()
+            .map(|c| load_crs(c, config))
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 rules,
@@ -163,6 +169,7 @@ impl Waf {
                 threshold: config.inbound_threshold,
                 body: config.body.clone(),
                 leak,
+                crs,
             }),
         })
     }
@@ -271,6 +278,16 @@ impl Waf {
             });
         }
         let mut verdict = self.inner.template.clone();
+        if let Some(crs) = &self.inner.crs {
+            // CRS scores and blocks by its own rules (949110): a disruptive outcome blocks.
+            let outcome = crs.evaluate_request(exchange, "");
+            for m in outcome.matches.iter().filter(|m| m.logged) {
+                verdict.record_match(m.id);
+            }
+            if outcome.status.is_some() {
+                evaluation.block_rule = true;
+            }
+        }
         for m in &evaluation.matches {
             verdict.record_match(m.id);
         }
@@ -295,6 +312,39 @@ impl Waf {
             reject,
         }
     }
+}
+
+/// Loads the CRS of `config.crs` at the WAF's paranoia level and threshold, its engine on
+/// (the WAF's mode decides whether a CRS block blocks).
+fn load_crs(
+    crs: &crate::config::CrsConfig,
+    config: &WafConfig,
+) -> Result<crate::crs::Crs, ConfigError> {
+    let before = format!(
+        "SecAction \"id:900000,phase:1,pass,nolog,setvar:tx.blocking_paranoia_level={pl}\"\n\
+         SecAction \"id:900110,phase:1,pass,nolog,setvar:tx.inbound_anomaly_score_threshold={t}\"\n",
+        pl = config.paranoia_level,
+        t = config.inbound_threshold,
+    );
+    let mut after = String::new();
+    for path in &crs.exclusions {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "crs.exclusions",
+                format!("cannot read {}: {e}", path.display()),
+                "list readable SecLang files",
+            )
+        })?;
+        after.push_str(&text);
+        after.push('\n');
+    }
+    crate::crs::Crs::load_dir(&crs.dir, &before, &after).map_err(|e| {
+        ConfigError::new(
+            "crs",
+            e.to_string(),
+            "point crs.dir at a CRS v4 directory (crs-setup.conf and rules/); unsupported constructs are named with their file and line",
+        )
+    })
 }
 
 /// A fresh random incident id.

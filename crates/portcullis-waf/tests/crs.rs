@@ -29,6 +29,17 @@ fn post_json(body: &str) -> Exchange {
     Exchange::from_request(&parts, body.as_bytes(), ParseOptions::default())
 }
 
+fn get(uri: &str) -> http::request::Parts {
+    http::Request::get(uri)
+        .header("host", "api.example.com")
+        .header("user-agent", "Mozilla/5.0")
+        .header("accept", "*/*")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
 const PROSE: &str = "Hi! I'm planning a trip to Lisbon with my parents next spring, and we'd like \
 to select a hotel near the river. My dad says we shouldn't book anything over 150 euros a night, \
 or we'll run out of money before the end of the week -- he's probably right. Could you compare \
@@ -66,18 +77,59 @@ fn classic_attacks_are_blocked_at_paranoia_level_1() {
         ("/download?file=..%2F..%2F..%2Fetc%2Fpasswd", 930100),
         ("/run?cmd=%3Bcat%20%2Fetc%2Fpasswd", 932160),
     ] {
-        let (parts, ()) = http::Request::get(uri)
-            .header("host", "api.example.com")
-            .header("user-agent", "Mozilla/5.0")
-            .header("accept", "*/*")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let ex = Exchange::from_request(&parts, b"", ParseOptions::default());
+        let ex = Exchange::from_request(&get(uri), b"", ParseOptions::default());
         let outcome = CRS.evaluate_request(&ex, "203.0.113.9");
         let fired: Vec<u32> = outcome.matches.iter().map(|m| m.id).collect();
         assert_eq!(outcome.status, Some(403), "{uri}: {fired:?}");
         assert!(fired.contains(&rule), "{uri}: {fired:?}");
         assert!(fired.contains(&949110), "{uri}: {fired:?}");
     }
+}
+
+#[test]
+fn the_waf_runs_crs_beside_the_packs() {
+    use portcullis_waf::{CrsConfig, Mode, Waf, WafConfig};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let config = |mode| WafConfig {
+        mode,
+        packs: vec!["ai-guard".into()],
+        crs: Some(CrsConfig {
+            dir: dir.clone(),
+            exclusions: Vec::new(),
+        }),
+        ..WafConfig::default()
+    };
+    let waf = Waf::try_from(config(Mode::Blocking)).unwrap();
+    let parts = get("/search?q=1%27%20OR%20%271%27%3D%271");
+    let inspection = waf.inspect_request(&parts, b"");
+    assert!(!inspection.allowed());
+    assert!(inspection.verdict.matched_rules().contains(&942100));
+    assert!(inspection.verdict.incident().is_some());
+    // Detection only: recorded, not blocked.
+    let detect = Waf::try_from(config(Mode::DetectionOnly)).unwrap();
+    let inspection = detect.inspect_request(&parts, b"");
+    assert!(inspection.allowed());
+    assert!(inspection.verdict.matched_rules().contains(&942100));
+    // Benign chat passes both the pack and CRS.
+    let body = serde_json::json!({"messages": [{"role": "user", "content": PROSE}]}).to_string();
+    let (chat, ()) = http::Request::post("/v1/chat/completions")
+        .header("host", "api.example.com")
+        .header("user-agent", "Mozilla/5.0")
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let inspection = waf.inspect_request(&chat, body.as_bytes());
+    assert!(inspection.allowed(), "{:?}", inspection.verdict);
+    // A directory that is not a CRS is a configuration error naming the field.
+    let err = Waf::try_from(WafConfig {
+        crs: Some(CrsConfig {
+            dir: dir.join("nope"),
+            exclusions: Vec::new(),
+        }),
+        ..WafConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("crs"), "{err}");
 }
