@@ -108,7 +108,7 @@ impl Crs {
             removed_tags: Vec::new(),
             removed_targets_by_id: Vec::new(),
             removed_targets_by_tag: Vec::new(),
-            body_processor: None,
+            body_processor: body_processor_of(ex),
             matched_var: None,
             matched_vars: Vec::new(),
             outcome: CrsOutcome::default(),
@@ -174,9 +174,6 @@ impl Transaction<'_> {
     pub fn run(&mut self, phase: u8) {
         if self.outcome.status.is_some() || self.allowed {
             return;
-        }
-        if self.body_processor.is_none() {
-            self.body_processor = body_processor_of(self.ex);
         }
         let crs = self.crs;
         let Some(steps) = crs.phases.get(usize::from(phase.saturating_sub(1))) else {
@@ -518,6 +515,8 @@ impl Transaction<'_> {
             return;
         }
         if let Source::Exchange(c) = &var.source {
+            // ModSecurity fills REQUEST_BODY for URL-encoded bodies and bodies no processor
+            // parsed, not for JSON, XML or multipart ones.
             let skip_body = *c == Collection::RequestBody
                 && matches!(
                     self.body_processor.as_deref(),
@@ -545,39 +544,12 @@ impl Transaction<'_> {
         }
     }
 
-    /// Every member of a variable's collection, unselected: `(member name, value)`.
+    /// Every member of a collection that is not an exchange item, unselected.
     fn members<'v>(&'v self, var: &Var) -> Vec<Member<'v>> {
         let one = |v: Vec<u8>| vec![(Cow::Borrowed(""), Cow::Owned(v), None)];
         match &var.source {
-            // ModSecurity fills REQUEST_BODY for URL-encoded bodies and bodies no processor
-            // parsed, not for JSON, XML or multipart ones.
-            Source::Exchange(Collection::RequestBody)
-                if matches!(
-                    self.body_processor.as_deref(),
-                    Some("JSON" | "XML" | "MULTIPART")
-                ) =>
-            {
-                Vec::new()
-            }
-            Source::Exchange(c) => {
-                let names = c.names_of().is_some();
-                let base = self.ex.base_index(*c);
-                self.ex
-                    .items(*c)
-                    .iter()
-                    .enumerate()
-                    .map(|(n, i)| {
-                        let value = if names {
-                            Cow::Borrowed(i.name().as_bytes())
-                        } else {
-                            Cow::Borrowed(i.value())
-                        };
-                        let member = if single_valued(*c) { "" } else { i.name() };
-                        let key = u32::try_from((base + n) * 2 + usize::from(names)).ok();
-                        (Cow::Borrowed(member), value, key)
-                    })
-                    .collect()
-            }
+            // Exchange items are visited in place by `for_each_member`.
+            Source::Exchange(_) => Vec::new(),
             Source::Tx => self
                 .tx
                 .iter()
