@@ -36,9 +36,9 @@ pub(crate) fn reject<B>(reason: Reason, verdict: Option<WafVerdict>) -> Response
 pub(crate) fn inspected_response<B>(
     waf: &Waf,
     verdict: WafVerdict,
-    response: Response<B>,
+    mut parts: http::response::Parts,
+    body: RequestBody<B>,
 ) -> Response<ResponseBody<B>> {
-    let (mut parts, body) = response.into_parts();
     let leak = waf.leak_guard().filter(|_| waf.mode() != Mode::Off);
     let report = SharedVerdict::new(verdict.clone());
     let stream = leak.map(|guard| {
@@ -74,7 +74,8 @@ pub(crate) fn inspected_response<B>(
 }
 
 /// The request body handed to the inner service: the buffered bytes, then whatever was not
-/// buffered (when the body was over the inspection limit), unchanged.
+/// buffered (when the body was over the inspection limit), unchanged. (A response body held
+/// back for inspection goes on the same way.)
 #[derive(Debug)]
 pub struct RequestBody<B> {
     prefix: Option<Bytes>,
@@ -210,7 +211,7 @@ impl std::fmt::Debug for LeakState {
 enum Kind<B> {
     Problem(Option<Bytes>),
     Inner {
-        body: B,
+        body: RequestBody<B>,
         leak: Option<Box<LeakState>>,
         done: bool,
     },
@@ -250,9 +251,7 @@ where
             Kind::Problem(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Inner {
                 body, leak: None, ..
-            } => Pin::new(body)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
+            } => Pin::new(body).poll_frame(cx),
             Kind::Inner {
                 body,
                 leak: Some(state),
@@ -266,7 +265,7 @@ where
                 }
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                     Poll::Ready(Some(Ok(frame))) => {
                         let step = match frame.into_data() {
                             Ok(data) if state.detect_only => {

@@ -123,6 +123,47 @@ pub struct CrsConfig {
     /// SecLang files loaded after the rules: exclusions and tuning.
     #[serde(default)]
     pub exclusions: Vec<PathBuf>,
+    /// Whether CRS's response phases run: 3 (response headers) and 4 (response bodies, the
+    /// 95x data-leak rules). On by default; a response they block becomes a 502
+    /// `waf.response_blocked` problem.
+    #[serde(default = "yes")]
+    pub inspect_responses: bool,
+    /// The response content types whose bodies phase 4 reads, as ModSecurity's
+    /// `SecResponseBodyMimeType` (by default CRS's recommended `text/plain`, `text/html`,
+    /// `text/xml`). Only these are held back until inspected; an event stream never is.
+    #[serde(default = "default_response_types")]
+    pub response_body_types: Vec<String>,
+    /// The most response-body bytes held back for phase 4 (default 512 KiB); the rest of a
+    /// longer body flows through uninspected, as ModSecurity's `ProcessPartial`.
+    #[serde(default = "default_response_limit")]
+    pub response_body_limit: usize,
+}
+
+impl CrsConfig {
+    /// The CRS in `dir`, with no exclusions and the default response inspection.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            exclusions: Vec::new(),
+            inspect_responses: true,
+            response_body_types: default_response_types(),
+            response_body_limit: default_response_limit(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_response_types() -> Vec<String> {
+    ["text/plain", "text/html", "text/xml"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_response_limit() -> usize {
+    512 * 1024
 }
 
 impl Default for WafConfig {

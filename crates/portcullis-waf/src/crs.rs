@@ -25,7 +25,7 @@ use crate::variable::Collection;
 mod exec;
 pub mod ftw;
 
-pub use exec::{CrsMatch, CrsOutcome, Transaction};
+pub use exec::{CrsMatch, CrsOutcome, Suspended, Transaction};
 
 /// Why a rule set did not load.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,7 +171,12 @@ pub(crate) struct Link {
     /// For `@rx`: the pattern (hex escapes rewritten), and its place in its pipeline's
     /// multi-pattern group once the set is built.
     pub(crate) rx: Option<String>,
-    pub(crate) slot: Option<u32>,
+    /// The link's pattern in the multi-pattern groups: (group, bit of the pattern in the
+    /// group's match mask).
+    pub(crate) slot: Option<(u32, u16)>,
+    /// Whether a group miss over the link's collections can prove it does not match: a
+    /// grouped, non-negated `@rx` without `multiMatch`.
+    pub(crate) prefilter: bool,
     pub(crate) op: Op,
     pub(crate) negated: bool,
     /// `SecAction`: no variables, always matches.
@@ -214,9 +219,23 @@ pub struct Crs {
     /// What `block` means per phase (from `SecDefaultAction`).
     pub(crate) block_means: [Disruptive; 5],
     pub(crate) engine: EngineMode,
-    /// Per pipeline: every `@rx` of the links that use it, as one overlapping multi-pattern
-    /// search, so a value is searched once per pipeline for all of them.
-    pub(crate) groups: Vec<Vec<Option<Regex>>>,
+    /// The `@rx` patterns of the links, by pipeline, in overlapping multi-pattern searches of
+    /// up to [`GROUP_SIZE`] patterns: a value is searched once per group for all of them.
+    pub(crate) groups: Vec<Group>,
+    /// The interned transformation pipelines.
+    pub(crate) pipelines: Vec<Arc<[Transform]>>,
+    /// Per phase and step: for a rule with `skipAfter`, the step after its marker.
+    pub(crate) jumps: [Vec<usize>; 5],
+}
+
+/// A multi-pattern search over the values of one pipeline.
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub(crate) regex: Regex,
+    /// Whether the group holds one pattern. Its regex is then a leftmost-first search,
+    /// which can stop at the first match; a larger group's searches all matches, overlapping.
+    pub(crate) single: bool,
+    pub(crate) pipeline: u32,
 }
 
 /// Per-phase defaults from `SecDefaultAction`.
@@ -364,8 +383,29 @@ impl Crs {
             }
         }
         let groups = build_groups(&mut rules, loader.pipelines.len());
+        let jumps = phases.clone().map(|steps| {
+            steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let marker = match step {
+                        Step::Rule(r) => rules.get(*r).and_then(|r| r.skip_after.as_ref()),
+                        Step::Marker(_) => None,
+                    };
+                    marker.map_or(0, |m| {
+                        steps
+                            .iter()
+                            .skip(i + 1)
+                            .position(|s| matches!(s, Step::Marker(n) if n == m))
+                            .map_or(steps.len(), |p| i + p + 2)
+                    })
+                })
+                .collect()
+        });
         Ok(Self {
             groups,
+            pipelines: loader.pipelines,
+            jumps,
             rules,
             phases,
             block_means,
@@ -644,6 +684,7 @@ impl Loader<'_> {
             pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
             rx,
             slot: None,
+            prefilter: false,
             transforms,
             op,
             negated,
@@ -813,42 +854,61 @@ fn is_exclusion(v: &Var) -> bool {
 /// Patterns per multi-pattern search: large enough to answer for many rules in one pass,
 /// small enough that the lazy DFA of CRS's large alternations stays in its cache.
 pub(crate) const GROUP_SIZE: usize = 16;
+const _: () = assert!(GROUP_SIZE <= 16, "a group's matches are a u16 mask");
 
-/// Gathers the `@rx` links of each pipeline into multi-pattern regexes of [`GROUP_SIZE`]
-/// patterns and gives each link its index. Patterns that do not build together keep their
+/// Gathers the `@rx` links of each pipeline into multi-pattern searches of [`GROUP_SIZE`]
+/// patterns and gives each link its place. Patterns that do not build together keep their
 /// own searches.
-fn build_groups(rules: &mut [CRule], pipelines: usize) -> Vec<Vec<Option<Regex>>> {
+fn build_groups(rules: &mut [CRule], pipelines: usize) -> Vec<Group> {
     let mut sources: Vec<Vec<String>> = vec![Vec::new(); pipelines];
-    for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
-        if let (Some(rx), Some(list)) = (&link.rx, sources.get_mut(link.pipeline as usize)) {
-            link.slot = u32::try_from(list.len()).ok();
-            list.push(rx.clone());
-        }
-    }
-    let groups: Vec<Vec<Option<Regex>>> = sources
-        .iter()
-        .map(|list| {
-            list.chunks(GROUP_SIZE)
-                .map(|chunk| {
-                    Regex::builder()
-                        .configure(Regex::config().match_kind(regex_automata::MatchKind::All))
-                        .syntax(syntax::Config::new().utf8(false).unicode(false))
-                        .build_many(chunk)
-                        .ok()
-                })
-                .collect()
-        })
-        .collect();
-    for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
-        let built = link.slot.and_then(|slot| {
-            groups
-                .get(link.pipeline as usize)?
-                .get(slot as usize / GROUP_SIZE)?
-                .as_ref()
+    let mut places: Vec<Option<(usize, usize)>> = Vec::new();
+    for link in rules.iter().flat_map(|r| r.links.iter()) {
+        places.push(match (&link.rx, sources.get_mut(link.pipeline as usize)) {
+            (Some(rx), Some(list)) => {
+                list.push(rx.clone());
+                Some((link.pipeline as usize, list.len() - 1))
+            }
+            _ => None,
         });
-        if built.is_none() {
-            link.slot = None;
+    }
+    let mut groups = Vec::new();
+    // Per pipeline and chunk: the group's index, when the chunk built.
+    let mut index: Vec<Vec<Option<u32>>> = Vec::new();
+    for (pipeline, list) in sources.iter().enumerate() {
+        let mut chunks = Vec::new();
+        for chunk in list.chunks(GROUP_SIZE) {
+            let build = |kind| {
+                Regex::builder()
+                    .configure(Regex::config().match_kind(kind))
+                    .syntax(syntax::Config::new().utf8(false).unicode(false))
+                    .build_many(chunk)
+                    .ok()
+            };
+            let single = chunk.len() == 1;
+            let built = build(if single {
+                regex_automata::MatchKind::LeftmostFirst
+            } else {
+                regex_automata::MatchKind::All
+            });
+            chunks.push(built.and_then(|regex| {
+                let at = u32::try_from(groups.len()).ok()?;
+                groups.push(Group {
+                    regex,
+                    single,
+                    pipeline: u32::try_from(pipeline).ok()?,
+                });
+                Some(at)
+            }));
         }
+        index.push(chunks);
+    }
+    let links = rules.iter_mut().flat_map(|r| r.links.iter_mut());
+    for (link, place) in links.zip(places) {
+        link.slot = place.and_then(|(pipeline, n)| {
+            let group = (*index.get(pipeline)?.get(n / GROUP_SIZE)?)?;
+            Some((group, 1_u16 << (n % GROUP_SIZE)))
+        });
+        link.prefilter = link.slot.is_some() && !link.negated && !link.multi_match;
     }
     groups
 }

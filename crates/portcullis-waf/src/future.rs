@@ -6,14 +6,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Request, Response, request};
+use http::{HeaderMap, Request, Response, header, request, response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use portcullis_core::{Reason, WafVerdict};
+use portcullis_core::{Reason, WafAction, WafVerdict};
 
 use crate::bodies::{BoxError, RequestBody, ResponseBody, inspected_response, reject};
-use crate::config::OverLimit;
-use crate::waf::Waf;
+use crate::config::{Mode, OverLimit};
+use crate::waf::{PendingResponse, Waf, new_incident};
 
 pin_project! {
     /// Response future of [`WafService`](crate::WafService): it reads the request body up to
@@ -43,6 +43,17 @@ pin_project! {
             #[pin]
             future: F,
             verdict: Option<WafVerdict>,
+            pending: Option<Box<PendingResponse>>,
+        },
+        // Holding the response back while its body is read for CRS's phase 4.
+        Holding {
+            parts: Option<response::Parts>,
+            body: Option<ResB>,
+            buffered: BytesMut,
+            trailers: Option<HeaderMap>,
+            limit: usize,
+            verdict: Option<WafVerdict>,
+            pending: Option<Box<PendingResponse>>,
         },
         Done { response: Option<Response<ResponseBody<ResB>>> },
     }
@@ -90,26 +101,9 @@ where
                 } => {
                     let limit = this.waf.body_config().limit;
                     // Buffer up to the limit (plus one byte, to know it was exceeded).
-                    let mut ended = false;
-                    while buffered.len() <= limit {
-                        let Some(b) = body.as_mut() else {
-                            ended = true;
-                            break;
-                        };
-                        match ready!(Pin::new(b).poll_frame(cx)) {
-                            None => {
-                                ended = true;
-                                break;
-                            }
-                            Some(Err(_)) => {
-                                return Poll::Ready(Ok(reject(Reason::UninspectableBody, None)));
-                            }
-                            Some(Ok(frame)) => match frame.into_data() {
-                                Ok(data) => buffered.extend_from_slice(&data),
-                                Err(frame) => *trailers = frame.into_trailers().ok(),
-                            },
-                        }
-                    }
+                    let Ok(ended) = ready!(fill(cx, body, buffered, trailers, limit + 1)) else {
+                        return Poll::Ready(Ok(reject(Reason::UninspectableBody, None)));
+                    };
                     let over = !ended;
                     let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
                         // Polled again after it finished.
@@ -134,13 +128,74 @@ where
                     State::Calling {
                         future: inner.call(Request::from_parts(parts, body)),
                         verdict: Some(inspection.verdict),
+                        pending: inspection.pending,
                     }
                 }
-                StateProj::Calling { future, verdict } => {
+                StateProj::Calling {
+                    future,
+                    verdict,
+                    pending,
+                } => {
                     let response = ready!(future.poll(cx))?;
                     let verdict = verdict.take().unwrap_or_else(|| this.waf.verdict());
+                    let (parts, body) = response.into_parts();
+                    match (pending.take(), this.waf.response_body_policy()) {
+                        (Some(pending), Some((types, limit))) if holds(&parts.headers, types) => {
+                            State::Holding {
+                                parts: Some(parts),
+                                body: Some(body),
+                                buffered: BytesMut::new(),
+                                trailers: None,
+                                limit,
+                                verdict: Some(verdict),
+                                pending: Some(pending),
+                            }
+                        }
+                        (Some(pending), _) => {
+                            let body = RequestBody::new(Bytes::new(), Some(body), None);
+                            State::Done {
+                                response: Some(respond(
+                                    this.waf, verdict, *pending, parts, body, b"",
+                                )),
+                            }
+                        }
+                        (None, _) => {
+                            let body = RequestBody::new(Bytes::new(), Some(body), None);
+                            State::Done {
+                                response: Some(inspected_response(this.waf, verdict, parts, body)),
+                            }
+                        }
+                    }
+                }
+                StateProj::Holding {
+                    parts,
+                    body,
+                    buffered,
+                    trailers,
+                    limit,
+                    verdict,
+                    pending,
+                } => {
+                    let Ok(ended) = ready!(fill(cx, body, buffered, trailers, *limit)) else {
+                        // The upstream failed mid-body: nothing was sent yet, so say so.
+                        let verdict = verdict.take();
+                        return Poll::Ready(Ok(reject(Reason::UpstreamError, verdict)));
+                    };
+                    let (Some(parts), Some(verdict), Some(pending)) =
+                        (parts.take(), verdict.take(), pending.take())
+                    else {
+                        // Polled again after it finished.
+                        return Poll::Pending;
+                    };
+                    let held = std::mem::take(buffered).freeze();
+                    // Over the limit: the first `limit` bytes are inspected, the rest flows on.
+                    let inspected = held.slice(..held.len().min(*limit));
+                    let rest = if ended { None } else { body.take() };
+                    let out = RequestBody::new(held.clone(), rest, trailers.take());
                     State::Done {
-                        response: Some(inspected_response(this.waf, verdict, response)),
+                        response: Some(respond(
+                            this.waf, verdict, *pending, parts, out, &inspected,
+                        )),
                     }
                 }
                 StateProj::Done { response } => {
@@ -152,6 +207,77 @@ where
             this.state.set(next);
         }
     }
+}
+
+/// Reads `body` into `buffered` until it holds `cap` bytes or the body ends (`Ok(true)`);
+/// trailers go to `trailers`. `Err` when the body fails.
+fn fill<B>(
+    cx: &mut Context<'_>,
+    body: &mut Option<B>,
+    buffered: &mut BytesMut,
+    trailers: &mut Option<HeaderMap>,
+    cap: usize,
+) -> Poll<Result<bool, ()>>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    while buffered.len() < cap {
+        let Some(b) = body.as_mut() else {
+            return Poll::Ready(Ok(true));
+        };
+        match ready!(Pin::new(b).poll_frame(cx)) {
+            None => return Poll::Ready(Ok(true)),
+            Some(Err(_)) => return Poll::Ready(Err(())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => buffered.extend_from_slice(&data),
+                Err(frame) => *trailers = frame.into_trailers().ok(),
+            },
+        }
+    }
+    Poll::Ready(Ok(false))
+}
+
+/// Whether a response with these headers is held back for CRS to read its body: its content
+/// type is one of `types`, and it is not an event stream.
+fn holds(headers: &HeaderMap, types: &[String]) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    !essence.eq_ignore_ascii_case("text/event-stream")
+        && types.iter().any(|t| t.eq_ignore_ascii_case(essence))
+}
+
+/// Runs CRS's response phases, then withholds the response (blocking mode, a disruptive
+/// rule) or passes it on behind the leak guard, with the matches in its verdict.
+fn respond<B>(
+    waf: &Waf,
+    mut verdict: WafVerdict,
+    pending: PendingResponse,
+    parts: response::Parts,
+    body: RequestBody<B>,
+    inspected: &[u8],
+) -> Response<ResponseBody<B>> {
+    let outcome = waf.inspect_response(pending, parts.status, &parts.headers, inspected);
+    for id in &outcome.matched {
+        verdict.record_match(*id);
+    }
+    if outcome.disrupted {
+        match waf.mode() {
+            Mode::Blocking => {
+                verdict.escalate(WafAction::Block);
+                verdict.set_incident(new_incident());
+                return reject(Reason::ResponseBlocked, Some(verdict));
+            }
+            _ => verdict.escalate(WafAction::Detect),
+        }
+    } else if !outcome.matched.is_empty() {
+        verdict.escalate(WafAction::Detect);
+    }
+    inspected_response(waf, verdict, parts, body)
 }
 
 impl<S, B, ResB> fmt::Debug for ResponseFuture<S, B, ResB>

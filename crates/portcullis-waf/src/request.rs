@@ -284,6 +284,11 @@ impl Exchange {
     }
 
     /// The index of the first item of `collection` in the exchange (for cache keys).
+    /// How many items the exchange holds (keys of the per-item caches are below twice this).
+    pub(crate) fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
     pub(crate) fn base_index(&self, collection: Collection) -> usize {
         let c = collection.names_of().unwrap_or(collection);
         let c = if c == Collection::Args {

@@ -36,6 +36,25 @@ pub struct Inspection {
     pub verdict: WafVerdict,
     /// `Some` when the request must be rejected, with the reason (and so the status).
     pub reject: Option<Reason>,
+    /// The CRS transaction, kept for its response phases.
+    pub(crate) pending: Option<Box<PendingResponse>>,
+}
+
+/// A CRS transaction waiting for its response: the request's exchange and the state its
+/// request phases left.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingResponse {
+    exchange: Exchange,
+    state: crate::crs::Suspended,
+}
+
+/// What CRS's response phases decided.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResponseInspection {
+    /// The logged rules that matched in phases 3 and 4.
+    pub(crate) matched: Vec<u32>,
+    /// Whether a disruptive rule ran (the response is withheld in blocking mode).
+    pub(crate) disrupted: bool,
 }
 
 impl Inspection {
@@ -75,6 +94,7 @@ struct Inner {
     body: BodyConfig,
     leak: Option<Arc<LeakGuard>>,
     crs: Option<crate::crs::Crs>,
+    crs_config: Option<crate::config::CrsConfig>,
 }
 
 impl TryFrom<WafConfig> for Waf {
@@ -170,6 +190,7 @@ impl Waf {
                 body: config.body.clone(),
                 leak,
                 crs,
+                crs_config: config.crs.clone(),
             }),
         })
     }
@@ -218,6 +239,48 @@ impl Waf {
             evaluation: Evaluation::default(),
             verdict: self.inner.template.clone(),
             reject: None,
+            pending: None,
+        }
+    }
+
+    /// The response content types whose bodies CRS's phase 4 reads, and how many bytes of
+    /// them, when response phases run.
+    pub(crate) fn response_body_policy(&self) -> Option<(&[String], usize)> {
+        let crs = self.inner.crs_config.as_ref()?;
+        Some((&crs.response_body_types, crs.response_body_limit))
+    }
+
+    /// Runs CRS's response phases (3 and 4) over the response head and (the inspected part
+    /// of) its body.
+    pub(crate) fn inspect_response(
+        &self,
+        pending: PendingResponse,
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> ResponseInspection {
+        let Some(crs) = &self.inner.crs else {
+            return ResponseInspection::default();
+        };
+        let PendingResponse {
+            mut exchange,
+            state,
+        } = pending;
+        let before = state.outcome().matches.len();
+        exchange.set_response(status, headers, body);
+        let mut t = crs.resume(state, &exchange, "");
+        t.run(3);
+        t.run(4);
+        let outcome = t.finish();
+        ResponseInspection {
+            matched: outcome
+                .matches
+                .iter()
+                .skip(before)
+                .filter(|m| m.logged)
+                .map(|m| m.id)
+                .collect(),
+            disrupted: outcome.status.is_some(),
         }
     }
 
@@ -240,14 +303,25 @@ impl Waf {
         if self.inner.mode == Mode::Off {
             return self.empty();
         }
-        self.inspect(&self.exchange(parts, body), partial)
+        let exchange = self.exchange(parts, body);
+        let mut inspection = self.inspect(&exchange, partial);
+        if let Some(pending) = inspection.pending.as_mut() {
+            pending.exchange = exchange;
+        }
+        inspection
     }
 
     /// Inspects an already extracted request.
     pub fn inspect_exchange(&self, exchange: &Exchange) -> Inspection {
-        self.inspect(exchange, false)
+        let mut inspection = self.inspect(exchange, false);
+        if let Some(pending) = inspection.pending.as_mut() {
+            pending.exchange = exchange.clone();
+        }
+        inspection
     }
 
+    /// Inspects `exchange`; a CRS transaction kept for the response holds an empty exchange
+    /// the caller fills in.
     fn inspect(&self, exchange: &Exchange, partial: bool) -> Inspection {
         if self.inner.mode == Mode::Off {
             return self.empty();
@@ -278,14 +352,30 @@ impl Waf {
             });
         }
         let mut verdict = self.inner.template.clone();
+        let mut pending = None;
         if let Some(crs) = &self.inner.crs {
             // CRS scores and blocks by its own rules (949110): a disruptive outcome blocks.
-            let outcome = crs.evaluate_request(exchange, "");
+            let mut t = crs.transaction(exchange, "");
+            t.run(1);
+            t.run(2);
+            let state = t.suspend();
+            let outcome = state.outcome();
             for m in outcome.matches.iter().filter(|m| m.logged) {
                 verdict.record_match(m.id);
             }
             if outcome.status.is_some() {
                 evaluation.block_rule = true;
+            }
+            if self
+                .inner
+                .crs_config
+                .as_ref()
+                .is_some_and(|c| c.inspect_responses)
+            {
+                pending = Some(Box::new(PendingResponse {
+                    exchange: Exchange::default(),
+                    state,
+                }));
             }
         }
         for m in &evaluation.matches {
@@ -309,6 +399,7 @@ impl Waf {
         Inspection {
             evaluation,
             verdict,
+            pending: pending.filter(|_| reject.is_none()),
             reject,
         }
     }

@@ -8,7 +8,7 @@ use regex_automata::util::captures::Captures;
 use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, Select, SetVar, Source, Step, Var};
 use crate::operator::Operator;
 use crate::request::Exchange;
-use crate::transform::apply_all;
+use crate::transform::{Transform, apply_all};
 use crate::variable::Collection;
 
 /// The most bytes a `TX` variable holds; longer values are cut.
@@ -43,36 +43,129 @@ pub struct Transaction<'a> {
     crs: &'a Crs,
     ex: &'a Exchange,
     remote_addr: String,
-    tx: BTreeMap<String, Vec<u8>>,
-    engine: EngineMode,
-    removed_ids: Vec<(u32, u32)>,
-    removed_tags: Vec<String>,
-    removed_targets_by_id: Vec<(Vec<(u32, u32)>, Var)>,
-    removed_targets_by_tag: Vec<(String, Var)>,
-    body_processor: Option<String>,
+    state: Suspended,
     matched_var: Option<(String, Vec<u8>)>,
     matched_vars: Vec<(String, Vec<u8>)>,
-    outcome: CrsOutcome,
-    allowed: bool,
-    cache: std::cell::RefCell<Cache>,
-    /// Per (exchange item, pipeline): which patterns of the pipeline's group match.
-    sets: std::cell::RefCell<
-        std::collections::HashMap<
-            (u32, u32, u32),
-            regex_automata::PatternSet,
-            foldhash::fast::RandomState,
-        >,
-    >,
+    memo: std::cell::RefCell<Memo>,
 }
 
-/// Transformed values of one transaction, by (exchange item, pipeline): a value goes through
-/// a pipeline once however many rules read it that way.
-#[derive(Default)]
-struct Cache {
+/// What a transaction has worked out about the exchange's items, by item key (`2 × item +
+/// 1 for its name`): each value goes through a pipeline once, and is searched by a group once,
+/// however many rules read it.
+struct Memo {
+    /// Transformed values.
     arena: Vec<u8>,
-    /// `None`: the pipeline left the value unchanged.
-    entries:
-        std::collections::HashMap<(u32, u32), Option<(usize, usize)>, foldhash::fast::RandomState>,
+    /// Per (key, pipeline): the transformed value's span in `arena`, [`UNSET`] until
+    /// computed, [`SAME`] when the pipeline leaves the value as it is.
+    spans: Vec<(u32, u32)>,
+    /// Per (key, group): [`DONE`] and the mask of the group's patterns that match.
+    masks: Vec<u32>,
+    /// Per (collection, group): [`DONE`] and the union of the masks of its items.
+    unions: Vec<u32>,
+    pipelines: usize,
+    groups: usize,
+    set: regex_automata::PatternSet,
+}
+
+const UNSET: (u32, u32) = (u32::MAX, 0);
+const SAME: (u32, u32) = (u32::MAX - 1, 0);
+const DONE: u32 = 1 << 16;
+
+impl Memo {
+    fn new(crs: &Crs, ex: &Exchange) -> Self {
+        let keys = ex.item_count() * 2;
+        let (pipelines, groups) = (crs.pipelines.len(), crs.groups.len());
+        Self {
+            arena: Vec::with_capacity(4096),
+            spans: vec![UNSET; keys * pipelines],
+            masks: vec![0; keys * groups],
+            unions: Vec::new(),
+            pipelines,
+            groups,
+            set: regex_automata::PatternSet::new(super::GROUP_SIZE),
+        }
+    }
+
+    /// The span of item `key`'s value `raw` through pipeline `pipeline` (`transforms`).
+    fn span(
+        &mut self,
+        key: u32,
+        pipeline: u32,
+        transforms: &[Transform],
+        raw: &[u8],
+    ) -> (u32, u32) {
+        let at = key as usize * self.pipelines + pipeline as usize;
+        // (A key outside the table, which the exchange never makes, is transformed uncached.)
+        if let Some(&span) = self.spans.get(at).filter(|s| **s != UNSET) {
+            return span;
+        }
+        let span = match apply_all(transforms, raw) {
+            Cow::Borrowed(_) => SAME,
+            Cow::Owned(v) => {
+                let start = self.arena.len();
+                self.arena.extend_from_slice(&v);
+                match (u32::try_from(start), u32::try_from(self.arena.len())) {
+                    (Ok(a), Ok(b)) if b < SAME.0 => (a, b),
+                    // Beyond 4 GiB of transformed text, which bounded bodies never reach.
+                    _ => {
+                        self.arena.truncate(start);
+                        return SAME;
+                    }
+                }
+            }
+        };
+        if let Some(slot) = self.spans.get_mut(at) {
+            *slot = span;
+        }
+        span
+    }
+
+    fn value<'v>(&'v self, span: (u32, u32), raw: &'v [u8]) -> &'v [u8] {
+        if span == SAME {
+            raw
+        } else {
+            self.arena
+                .get(span.0 as usize..span.1 as usize)
+                .unwrap_or_default()
+        }
+    }
+
+    /// Which patterns of `group` match item `key` (transformed value at `span`).
+    fn mask(&mut self, crs: &Crs, key: u32, group: u32, span: (u32, u32), raw: &[u8]) -> u32 {
+        let at = key as usize * self.groups + group as usize;
+        if let Some(&m) = self.masks.get(at).filter(|m| **m & DONE != 0) {
+            return m;
+        }
+        let mut mask = DONE;
+        if let Some(g) = crs.groups.get(group as usize) {
+            let value = if span == SAME {
+                raw
+            } else {
+                self.arena
+                    .get(span.0 as usize..span.1 as usize)
+                    .unwrap_or_default()
+            };
+            let input = regex_automata::Input::new(value);
+            if g.single {
+                if g.regex.is_match(input) {
+                    mask |= 1;
+                }
+            } else {
+                self.set.clear();
+                g.regex.which_overlapping_matches(&input, &mut self.set);
+                for p in self.set.iter() {
+                    mask |= 1 << p.as_usize();
+                }
+            }
+        } else {
+            // No such group: every pattern may match (the link's own test decides).
+            mask |= 0xffff;
+        }
+        if let Some(slot) = self.masks.get_mut(at) {
+            *slot = mask;
+        }
+        mask
+    }
 }
 
 /// A member of a collection: its name, its value and, for exchange items, the cache key.
@@ -90,40 +183,67 @@ struct Val<'v> {
 impl std::fmt::Debug for Transaction<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transaction")
-            .field("outcome", &self.outcome)
+            .field("outcome", &self.state.outcome)
             .finish_non_exhaustive()
     }
 }
 
+/// A transaction between its request and response phases: its `TX` variables, exclusions
+/// and outcome so far, owned, so it can wait for the response ([`Crs::resume`]).
+#[derive(Debug, Clone)]
+pub struct Suspended {
+    tx: BTreeMap<String, Vec<u8>>,
+    engine: EngineMode,
+    removed_ids: Vec<(u32, u32)>,
+    removed_tags: Vec<String>,
+    removed_targets_by_id: Vec<(Vec<(u32, u32)>, Var)>,
+    removed_targets_by_tag: Vec<(String, Var)>,
+    body_processor: Option<String>,
+    outcome: CrsOutcome,
+    allowed: bool,
+}
+
+impl Suspended {
+    /// The outcome so far.
+    pub fn outcome(&self) -> &CrsOutcome {
+        &self.outcome
+    }
+}
+
 impl Crs {
+    /// Resumes a suspended transaction over `ex`, the same exchange with its response set
+    /// ([`Exchange::set_response`]). The matches of earlier phases stay in the outcome.
+    pub fn resume<'a>(
+        &'a self,
+        state: Suspended,
+        ex: &'a Exchange,
+        remote_addr: &str,
+    ) -> Transaction<'a> {
+        let mut t = self.transaction(ex, remote_addr);
+        t.state = state;
+        t
+    }
+
     /// Starts a transaction over `ex`, from client address `remote_addr`.
     pub fn transaction<'a>(&'a self, ex: &'a Exchange, remote_addr: &str) -> Transaction<'a> {
         Transaction {
             crs: self,
             ex,
             remote_addr: remote_addr.to_owned(),
-            tx: BTreeMap::new(),
-            engine: self.engine,
-            removed_ids: Vec::new(),
-            removed_tags: Vec::new(),
-            removed_targets_by_id: Vec::new(),
-            removed_targets_by_tag: Vec::new(),
-            body_processor: body_processor_of(ex),
+            state: Suspended {
+                tx: BTreeMap::new(),
+                engine: self.engine,
+                removed_ids: Vec::new(),
+                removed_tags: Vec::new(),
+                removed_targets_by_id: Vec::new(),
+                removed_targets_by_tag: Vec::new(),
+                body_processor: body_processor_of(ex),
+                outcome: CrsOutcome::default(),
+                allowed: false,
+            },
             matched_var: None,
             matched_vars: Vec::new(),
-            outcome: CrsOutcome::default(),
-            allowed: false,
-            cache: std::cell::RefCell::new(Cache {
-                arena: Vec::with_capacity(4096),
-                entries: std::collections::HashMap::with_capacity_and_hasher(
-                    256,
-                    Default::default(),
-                ),
-            }),
-            sets: std::cell::RefCell::new(std::collections::HashMap::with_capacity_and_hasher(
-                256,
-                Default::default(),
-            )),
+            memo: std::cell::RefCell::new(Memo::new(self, ex)),
         }
     }
 
@@ -172,17 +292,18 @@ fn body_processor_of(ex: &Exchange) -> Option<String> {
 impl Transaction<'_> {
     /// Runs phase `phase` (1-4). Does nothing once a disruptive action has run.
     pub fn run(&mut self, phase: u8) {
-        if self.outcome.status.is_some() || self.allowed {
+        if self.state.outcome.status.is_some() || self.state.allowed {
             return;
         }
         let crs = self.crs;
-        let Some(steps) = crs.phases.get(usize::from(phase.saturating_sub(1))) else {
+        let p = usize::from(phase.saturating_sub(1));
+        let (Some(steps), Some(jumps)) = (crs.phases.get(p), crs.jumps.get(p)) else {
             return;
         };
         let mut i = 0;
         while let Some(step) = steps.get(i) {
             i += 1;
-            if self.engine == EngineMode::Off {
+            if self.state.engine == EngineMode::Off {
                 return;
             }
             let Step::Rule(ri) = step else { continue };
@@ -193,7 +314,7 @@ impl Transaction<'_> {
                 continue;
             }
             let msg = rule.msg.as_deref().map(|m| self.expand(m, rule));
-            self.outcome.matches.push(super::CrsMatch {
+            self.state.outcome.matches.push(super::CrsMatch {
                 id: rule.id,
                 phase,
                 msg,
@@ -207,25 +328,21 @@ impl Transaction<'_> {
                     .unwrap_or(Disruptive::Pass),
                 d => d,
             };
-            if self.engine == EngineMode::On {
+            if self.state.engine == EngineMode::On {
                 match disruptive {
                     Disruptive::Deny | Disruptive::Drop => {
-                        self.outcome.status = Some(rule.status.unwrap_or(403));
+                        self.state.outcome.status = Some(rule.status.unwrap_or(403));
                         return;
                     }
                     Disruptive::Allow => {
-                        self.allowed = true;
+                        self.state.allowed = true;
                         return;
                     }
                     Disruptive::Pass | Disruptive::Block => {}
                 }
             }
-            if let Some(marker) = &rule.skip_after {
-                i = steps
-                    .iter()
-                    .skip(i)
-                    .position(|s| matches!(s, Step::Marker(m) if m == marker))
-                    .map_or(steps.len(), |p| i + p + 1);
+            if rule.skip_after.is_some() {
+                i = jumps.get(i - 1).copied().unwrap_or(steps.len());
             } else if rule.skip > 0 {
                 let mut left = rule.skip;
                 while left > 0 && i < steps.len() {
@@ -240,19 +357,37 @@ impl Transaction<'_> {
 
     /// The outcome so far.
     pub fn finish(self) -> CrsOutcome {
-        self.outcome
+        self.state.outcome
+    }
+
+    /// The outcome so far, without ending the transaction.
+    pub fn outcome(&self) -> &CrsOutcome {
+        &self.state.outcome
+    }
+
+    /// Keeps the transaction's state for its response phases ([`Crs::resume`]).
+    pub fn suspend(self) -> Suspended {
+        self.state
     }
 
     /// A `TX` variable.
     pub fn tx(&self, name: &str) -> Option<&[u8]> {
-        self.tx.get(&name.to_ascii_lowercase()).map(Vec::as_slice)
+        self.state
+            .tx
+            .get(&name.to_ascii_lowercase())
+            .map(Vec::as_slice)
     }
 
     fn is_removed(&self, rule: &CRule) -> bool {
-        self.removed_ids
+        self.state
+            .removed_ids
             .iter()
             .any(|(a, b)| (*a..=*b).contains(&rule.id))
-            || self.removed_tags.iter().any(|t| rule.tags.contains(t))
+            || self
+                .state
+                .removed_tags
+                .iter()
+                .any(|t| rule.tags.contains(t))
     }
 
     fn eval_rule(&mut self, rule: &CRule) -> bool {
@@ -276,6 +411,9 @@ impl Transaction<'_> {
         if link.always {
             return true;
         }
+        if link.prefilter && !self.may_match(link) {
+            return false;
+        }
         let mut matched = Vec::new();
         let mut captured = None;
         self.for_each_value(rule, link, |val| {
@@ -295,11 +433,7 @@ impl Transaction<'_> {
                 }
                 (result.0, result.1, Some(value))
             } else {
-                self.with_transformed(&val, link, |value| {
-                    let grouped = match (link.slot, val.key) {
-                        (Some(slot), Some(key)) => self.group_hit(key, link.pipeline, slot, value),
-                        _ => None,
-                    };
+                let decide = |value: &[u8], grouped: Option<bool>| {
                     let (hit, caps) = match grouped {
                         Some(false) => (false, None),
                         Some(true) if !link.capture => (true, None),
@@ -307,7 +441,20 @@ impl Transaction<'_> {
                     };
                     let keep = (hit != link.negated).then(|| value.to_vec());
                     (hit, caps, keep)
-                })
+                };
+                match val.key {
+                    Some(key) if !link.transforms.is_empty() || link.slot.is_some() => {
+                        let mut memo = self.memo.borrow_mut();
+                        let span = memo.span(key, link.pipeline, &link.transforms, &val.value);
+                        let grouped = link.slot.map(|(group, bit)| {
+                            memo.mask(self.crs, key, group, span, &val.value) & u32::from(bit) != 0
+                        });
+                        // `decide` only tests the value: it never touches the memo.
+                        decide(memo.value(span, &val.value), grouped)
+                    }
+                    _ if link.transforms.is_empty() => decide(&val.value, None),
+                    _ => decide(&apply_all(&link.transforms, &val.value), None),
+                }
             };
             if hit != link.negated {
                 let name = if val.member.is_empty() {
@@ -332,7 +479,7 @@ impl Transaction<'_> {
                 match text {
                     Some(text) => self.set_tx(key, text),
                     None => {
-                        self.tx.remove(&key);
+                        self.state.tx.remove(&key);
                     }
                 }
             }
@@ -342,65 +489,65 @@ impl Transaction<'_> {
         true
     }
 
-    /// Whether pattern `slot` of `pipeline`'s group matches `value` (exchange item `key`),
-    /// searching the value once for the whole group. `None` when the pipeline has no group.
-    fn group_hit(&self, key: u32, pipeline: u32, slot: u32, value: &[u8]) -> Option<bool> {
-        let chunk = slot as usize / super::GROUP_SIZE;
-        let group = self
-            .crs
-            .groups
-            .get(pipeline as usize)?
-            .get(chunk)?
-            .as_ref()?;
-        let chunk_key = u32::try_from(chunk).ok()?;
-        let mut sets = self.sets.borrow_mut();
-        let set = sets.entry((key, pipeline, chunk_key)).or_insert_with(|| {
-            let mut set = regex_automata::PatternSet::new(group.pattern_len());
-            group.which_overlapping_matches(&regex_automata::Input::new(value), &mut set);
-            set
-        });
-        let id = regex_automata::PatternID::new(slot as usize % super::GROUP_SIZE).ok()?;
-        Some(set.contains(id))
+    /// Whether any item of the link's collections matches its pattern, by the group
+    /// searches (each collection's items searched once per group, for every rule that reads
+    /// them). `false` proves the link cannot match: exclusions only remove values.
+    fn may_match(&self, link: &Link) -> bool {
+        let Some((group, bit)) = link.slot else {
+            return true;
+        };
+        link.vars.iter().any(|var| match var.source {
+            _ if var.count => true,
+            Source::Exchange(c) => self.union(c, group) & u32::from(bit) != 0,
+            // The same values as `REQUEST_URI`, which ModSecurity leaves undecoded too.
+            Source::RequestUriRaw => {
+                self.union(Collection::RequestUri, group) & u32::from(bit) != 0
+            }
+            // No values unless the body is XML.
+            Source::Xml { .. } => self.state.body_processor.as_deref() == Some("XML"),
+            Source::Empty => false,
+            _ => true,
+        })
     }
 
-    /// Calls `f` with `val` through the link's pipeline, from the cache when the value is an
-    /// exchange item.
-    fn with_transformed<R>(&self, val: &Val<'_>, link: &Link, f: impl FnOnce(&[u8]) -> R) -> R {
-        if link.transforms.is_empty() {
-            return f(&val.value);
+    /// The union of the group masks of every item of collection `c`.
+    fn union(&self, c: Collection, group: u32) -> u32 {
+        let mut memo = self.memo.borrow_mut();
+        let groups = memo.groups;
+        let at = c as usize * groups + group as usize;
+        if let Some(&m) = memo.unions.get(at).filter(|m| **m & DONE != 0) {
+            return m;
         }
-        let Some(key) = val.key else {
-            return f(&apply_all(&link.transforms, &val.value));
+        let Some(g) = self.crs.groups.get(group as usize) else {
+            return u32::MAX;
         };
-        let mut cache = self.cache.borrow_mut();
-        let entry = match cache.entries.get(&(key, link.pipeline)) {
-            Some(e) => *e,
-            None => {
-                let out = apply_all(&link.transforms, &val.value);
-                let e = match out {
-                    Cow::Borrowed(_) => None,
-                    Cow::Owned(v) => {
-                        let start = cache.arena.len();
-                        cache.arena.extend_from_slice(&v);
-                        Some((start, cache.arena.len()))
-                    }
-                };
-                cache.entries.insert((key, link.pipeline), e);
-                e
-            }
-        };
-        match entry {
-            None => {
-                drop(cache);
-                f(&val.value)
-            }
-            Some((a, b)) => {
-                // `f` only tests the value: it never touches the cache.
-                drop(cache);
-                let cache = self.cache.borrow();
-                f(cache.arena.get(a..b).unwrap_or_default())
-            }
+        let transforms = self
+            .crs
+            .pipelines
+            .get(g.pipeline as usize)
+            .map_or(&[][..], |t| &t[..]);
+        let names = c.names_of().is_some();
+        let base = self.ex.base_index(c);
+        let mut union = DONE;
+        for (n, item) in self.ex.items(c).iter().enumerate() {
+            let raw = if names {
+                item.name().as_bytes()
+            } else {
+                item.value()
+            };
+            let Ok(key) = u32::try_from((base + n) * 2 + usize::from(names)) else {
+                return u32::MAX;
+            };
+            let span = memo.span(key, g.pipeline, transforms, raw);
+            union |= memo.mask(self.crs, key, group, span, raw);
         }
+        if memo.unions.len() <= at {
+            memo.unions.resize(at + 1, 0);
+        }
+        if let Some(slot) = memo.unions.get_mut(at) {
+            *slot = union;
+        }
+        union
     }
 
     /// Whether `value` passes the link's operator, with the capture groups when the link
@@ -449,15 +596,19 @@ impl Transaction<'_> {
     /// Calls `f` with every value a link reads.
     fn for_each_value<'v>(&'v self, rule: &CRule, link: &'v Link, mut f: impl FnMut(Val<'v>)) {
         let mut removed: Vec<&Var> = Vec::new();
-        if !self.removed_targets_by_id.is_empty() || !self.removed_targets_by_tag.is_empty() {
+        if !self.state.removed_targets_by_id.is_empty()
+            || !self.state.removed_targets_by_tag.is_empty()
+        {
             removed.extend(
-                self.removed_targets_by_id
+                self.state
+                    .removed_targets_by_id
                     .iter()
                     .filter(|(ids, _)| ids.iter().any(|(a, b)| (*a..=*b).contains(&rule.id)))
                     .map(|(_, v)| v),
             );
             removed.extend(
-                self.removed_targets_by_tag
+                self.state
+                    .removed_targets_by_tag
                     .iter()
                     .filter(|(tag, _)| rule.tags.contains(tag))
                     .map(|(_, v)| v),
@@ -509,7 +660,7 @@ impl Transaction<'_> {
     ) {
         // A named TX variable: one lookup, not a scan of every TX variable.
         if let (Source::Tx, Select::Name(name)) = (&var.source, &var.select) {
-            if let Some((k, v)) = self.tx.get_key_value(name.as_str()) {
+            if let Some((k, v)) = self.state.tx.get_key_value(name.as_str()) {
                 f(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None);
             }
             return;
@@ -519,7 +670,7 @@ impl Transaction<'_> {
             // parsed, not for JSON, XML or multipart ones.
             let skip_body = *c == Collection::RequestBody
                 && matches!(
-                    self.body_processor.as_deref(),
+                    self.state.body_processor.as_deref(),
                     Some("JSON" | "XML" | "MULTIPART")
                 );
             if !skip_body {
@@ -551,6 +702,7 @@ impl Transaction<'_> {
             // Exchange items are visited in place by `for_each_member`.
             Source::Exchange(_) => Vec::new(),
             Source::Tx => self
+                .state
                 .tx
                 .iter()
                 .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None))
@@ -600,12 +752,13 @@ impl Transaction<'_> {
                 .to_string()
                 .into_bytes()),
             Source::ReqbodyProcessor => self
+                .state
                 .body_processor
                 .iter()
                 .map(|p| (Cow::Borrowed(""), Cow::Borrowed(p.as_bytes()), None))
                 .collect(),
             Source::Xml { attributes } => {
-                if self.body_processor.as_deref() != Some("XML") {
+                if self.state.body_processor.as_deref() != Some("XML") {
                     return Vec::new();
                 }
                 let body = self
@@ -624,15 +777,17 @@ impl Transaction<'_> {
 
     fn set_tx(&mut self, name: String, mut value: Vec<u8>) {
         value.truncate(MAX_TX_VALUE);
-        if self.tx.len() >= MAX_TX_VARS && !self.tx.contains_key(&name) {
+        if self.state.tx.len() >= MAX_TX_VARS && !self.state.tx.contains_key(&name) {
             return;
         }
-        self.tx.insert(name, value);
+        self.state.tx.insert(name, value);
     }
 
     fn setvar(&mut self, sv: &SetVar, rule: &CRule) {
         let int = |t: &Self, name: &str| -> i64 {
-            t.tx.get(name)
+            t.state
+                .tx
+                .get(name)
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0)
@@ -656,23 +811,27 @@ impl Transaction<'_> {
             }
             SetVar::Delete(name) => {
                 let name = self.expand(name, rule).to_ascii_lowercase();
-                self.tx.remove(&name);
+                self.state.tx.remove(&name);
             }
         }
     }
 
     fn ctl(&mut self, ctl: &Ctl) {
         match ctl {
-            Ctl::RuleEngine(mode) => self.engine = *mode,
-            Ctl::RemoveById(ids) => self.removed_ids.extend(ids.iter().copied()),
-            Ctl::RemoveByTag(tag) => self.removed_tags.push(tag.clone()),
+            Ctl::RuleEngine(mode) => self.state.engine = *mode,
+            Ctl::RemoveById(ids) => self.state.removed_ids.extend(ids.iter().copied()),
+            Ctl::RemoveByTag(tag) => self.state.removed_tags.push(tag.clone()),
             Ctl::RemoveTargetById(ids, var) => {
-                self.removed_targets_by_id.push((ids.clone(), var.clone()));
+                self.state
+                    .removed_targets_by_id
+                    .push((ids.clone(), var.clone()));
             }
             Ctl::RemoveTargetByTag(tag, var) => {
-                self.removed_targets_by_tag.push((tag.clone(), var.clone()));
+                self.state
+                    .removed_targets_by_tag
+                    .push((tag.clone(), var.clone()));
             }
-            Ctl::RequestBodyProcessor(p) => self.body_processor = Some(p.clone()),
+            Ctl::RequestBodyProcessor(p) => self.state.body_processor = Some(p.clone()),
             Ctl::ForceRequestBodyVariable | Ctl::Ignored => {}
         }
     }
@@ -702,7 +861,7 @@ impl Transaction<'_> {
     fn macro_value(&self, name: &str, rule: &CRule) -> String {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         if let Some(var) = name.strip_prefix("tx.") {
-            return self.tx.get(var).map(|v| text(v)).unwrap_or_default();
+            return self.state.tx.get(var).map(|v| text(v)).unwrap_or_default();
         }
         match name {
             "matched_var" => self
