@@ -24,6 +24,8 @@
 //! limit and brute-force throttling apply; the API key is checked (only its SHA-256 is
 //! configured) and stripped before the request goes upstream; the WAF's ai-guard rules inspect
 //! the prompt, and its leak guard redacts secrets and personal data in the model's answer.
+//! Outermost, the audit layer writes one hash-chained record per request (signed checkpoints,
+//! no credentials) to a log the demo prints the place of, with the command that verifies it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,6 +41,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use portcullis::audit::{
+    Audit, AuditConfig, AuditLayer, AuditTask, CountedBody, FileSinkConfig, SinkConfig,
+};
 use portcullis::authn::{AuthnConfig, AuthnLayer, hash_api_key};
 use portcullis::core::{ClientAddr, Principal, Problem, Reason, TrustedProxies};
 use portcullis::ratelimit::{RateLimitConfig, RateLimitLayer};
@@ -52,6 +57,8 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, Error>;
 type Stack = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
+/// A request body as the upstream call sees it: counted by the audit layer, buffered by the WAF.
+type Inbound = RequestBody<CountedBody<Incoming>>;
 
 const DEMO_KEY: &str = "sk-demo";
 const CLIENT_IP_HEADER: HeaderName = HeaderName::from_static("x-portcullis-client-ip");
@@ -59,9 +66,9 @@ const SUBJECT_HEADER: HeaderName = HeaderName::from_static("x-portcullis-subject
 
 /// Forwards to the upstream. (The demo buffers upstream responses; the ingress streams them.)
 async fn forward(
-    client: Client<HttpConnector, RequestBody<Incoming>>,
+    client: Client<HttpConnector, Inbound>,
     upstream: SocketAddr,
-    mut req: Request<RequestBody<Incoming>>,
+    mut req: Request<Inbound>,
 ) -> Result<Response<Full<Bytes>>, Error> {
     let path = req
         .uri()
@@ -93,7 +100,7 @@ async fn forward(
 }
 
 /// The route's security stack, built once: outermost first.
-fn stack(upstream: SocketAddr) -> Result<Stack, Error> {
+fn stack(upstream: SocketAddr, audit: Audit) -> Result<Stack, Error> {
     let limits: RateLimitConfig = serde_json::from_value(json!({
         "policies": [{"name": "per-client", "key": "clientIp", "requests": 20, "per": "1m", "burst": 10}],
         "bruteForce": {"statuses": [401, 403], "failures": 5, "per": "1m", "lockout": "5m"},
@@ -108,14 +115,14 @@ fn stack(upstream: SocketAddr) -> Result<Stack, Error> {
         leak_guard: Some(LeakGuardConfig::default()),
         ..WafConfig::default()
     };
-    let client: Client<HttpConnector, RequestBody<Incoming>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Inbound> = Client::builder(TokioExecutor::new()).build_http();
     let service = ServiceBuilder::new()
         .map_response(|r: Response<_>| r.map(BodyExt::boxed_unsync))
+        .layer(AuditLayer::new(audit)) // one record per request, rejections included
         .layer(RateLimitLayer::try_from(&limits)?) // per client, and brute-force lock-outs
         .layer(AuthnLayer::try_from(authn)?) // API key -> Principal; 401 otherwise
         .layer(WafLayer::try_from(waf)?) // ai-guard on the prompt; leak guard on the answer
-        .service(service_fn(move |req: Request<RequestBody<Incoming>>| {
+        .service(service_fn(move |req: Request<Inbound>| {
             let client = client.clone();
             async move {
                 Ok::<_, Infallible>(
@@ -160,8 +167,31 @@ async fn serve(listener: TcpListener, proxies: TrustedProxies, stack: Stack) {
     }
 }
 
-/// Sends the demo requests to the gateway at `addr` and checks the answers.
-async fn self_check(addr: SocketAddr) -> Result<(), Error> {
+/// The demo's audit log: a directory under the system's temporary directory, with a fresh
+/// signing key beside it.
+fn audit_log() -> Result<(Audit, AuditTask, std::path::PathBuf), Error> {
+    let dir = std::env::temp_dir().join(format!("portcullis-demo-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pkcs8 = portcullis::audit::Signer::generate_pkcs8()?;
+    let signer = portcullis::audit::Signer::from_pkcs8(&pkcs8)?;
+    let key = dir.join("signing-key.pem");
+    std::fs::write(&key, portcullis::audit::private_key_pem(&pkcs8))?;
+    std::fs::write(
+        dir.join("signing-key.pub"),
+        portcullis::audit::public_key_pem(signer.public_key()),
+    )?;
+    let mut config = AuditConfig {
+        sink: SinkConfig::File(FileSinkConfig::new(dir.join("log"))),
+        ..AuditConfig::default()
+    };
+    config.checkpoint.signing_key = Some(key);
+    let (audit, task) = Audit::start(config)?;
+    Ok((audit, task, dir))
+}
+
+/// Sends the demo requests to the gateway at `addr` and checks the answers; returns how many
+/// went to a route (and so through the audit layer).
+async fn self_check(addr: SocketAddr) -> Result<u64, Error> {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let send = |req: Request<Full<Bytes>>| {
@@ -281,7 +311,8 @@ async fn self_check(addr: SocketAddr) -> Result<(), Error> {
     let (n, body) = limited.ok_or("the rate limit never applied")?;
     println!("burst of /echo -> 429 after {n} more requests: {body}");
     println!("self-check passed");
-    Ok(())
+    // /echo, chat, injection, leak, no key, and the burst (/admin has no route).
+    Ok(5 + n)
 }
 
 #[tokio::main]
@@ -299,7 +330,8 @@ async fn main() -> Result<(), Error> {
 
     let upstream = FakeUpstream::start().await?;
     let proxies = TrustedProxies::new(["127.0.0.0/8".parse()?]);
-    let stack = stack(upstream.addr())?;
+    let (audit, audit_task, audit_dir) = audit_log()?;
+    let stack = stack(upstream.addr(), audit.clone())?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!(
@@ -308,9 +340,37 @@ async fn main() -> Result<(), Error> {
     );
     tokio::spawn(serve(listener, proxies, stack));
 
+    let verify = format!(
+        "cargo run -q -p portcullis-audit --bin portcullis-audit -- verify {} --public-key {}",
+        audit_dir.join("log").display(),
+        audit_dir.join("signing-key.pub").display()
+    );
     if self_checking {
-        return self_check(addr).await;
+        let routed = self_check(addr).await?;
+        let stats = audit_task.shutdown().await;
+        let files = portcullis::audit::verify::files_in(&audit_dir.join("log"))?;
+        let key = portcullis::audit::Verifier::from_file(&audit_dir.join("signing-key.pub"))?;
+        let report = portcullis::audit::verify::verify(&files, Some(&key))?;
+        println!(
+            "audit log {}: {} records for {} requests, verified{}; check it with:\n  {verify}",
+            audit_dir.join("log").display(),
+            report.records,
+            report.requests,
+            if report.is_clean() {
+                ", every record signed"
+            } else {
+                ""
+            },
+        );
+        if !report.is_clean() || report.requests != routed || stats.dropped > 0 {
+            return Err(format!("self-check failed: audit log {report:?}").into());
+        }
+        return Ok(());
     }
+    println!(
+        "audit log: {} (verify with: {verify})",
+        audit_dir.join("log").display()
+    );
     println!(
         "try: curl -s http://{addr}/echo -H 'x-api-key: {DEMO_KEY}' -H 'x-forwarded-for: 6.6.6.6, 203.0.113.7'"
     );
@@ -319,5 +379,7 @@ async fn main() -> Result<(), Error> {
     );
     println!("     curl -si http://{addr}/v1/models");
     tokio::signal::ctrl_c().await?;
+    // In-flight requests are done: write what is queued and the final checkpoint.
+    audit_task.shutdown().await;
     Ok(())
 }

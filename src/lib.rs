@@ -10,9 +10,7 @@
 //! | [`waf`] | `portcullis-waf`: signature engine with ModSecurity semantics, the `ai-guard` prompt-injection pack, the response data-leak guard | `waf` |
 //! | [`ratelimit`] | `portcullis-ratelimit`: keyed GCRA policies (local and Redis), brute-force lock-outs, LLM token budgets | `ratelimit` |
 //! | [`authn`] | `portcullis-authn`: JWT + JWKS (OIDC discovery), API keys, client certificates, claims-based authorization | `authn` |
-//!
-//! The WAF and audit join this table as their crates land; see
-//! the changelog.
+//! | [`audit`] | `portcullis-audit`: one record per request, SHA-256 hash chain, Ed25519-signed checkpoints, rotating sinks, `verify` | `audit` |
 //!
 //! # Example
 //!
@@ -38,6 +36,10 @@ pub use portcullis_ztls as ztls;
 #[cfg(feature = "ratelimit")]
 #[doc(inline)]
 pub use portcullis_ratelimit as ratelimit;
+
+#[cfg(feature = "audit")]
+#[doc(inline)]
+pub use portcullis_audit as audit;
 
 #[cfg(feature = "waf")]
 #[doc(inline)]

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::Response;
 use pin_project_lite::pin_project;
+use portcullis_core::Principal;
 
 /// A boxed future, used only when a request has to wait for keys to be fetched.
 pub(crate) type Waiting<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
@@ -23,16 +24,19 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B, E> {
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: F, principal: Option<Principal> },
         Rejected { response: Option<Response<B>> },
         Waiting { future: Waiting<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inner(future: F) -> Self {
+    pub(crate) fn inner(future: F, principal: Principal) -> Self {
         Self {
-            state: State::Inner { future },
+            state: State::Inner {
+                future,
+                principal: Some(principal),
+            },
         }
     }
 
@@ -59,7 +63,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Inner { future } => future.poll(cx),
+            StateProj::Inner { future, principal } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(principal) = principal.take() {
+                    response.extensions_mut().insert(principal);
+                }
+                Poll::Ready(Ok(response))
+            }
             StateProj::Rejected { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,

@@ -72,8 +72,10 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         match self.auth.check(request.headers(), request.extensions()) {
             Check::Done(Ok(authenticated)) => {
+                // The principal also goes out on the response, for the audit layer outside.
+                let principal = authenticated.principal().clone();
                 authenticated.apply(&mut request);
-                ResponseFuture::inner(self.inner.call(request))
+                ResponseFuture::inner(self.inner.call(request), principal)
             }
             Check::Done(Err(err)) => ResponseFuture::rejected(reject(&self.auth, &err)),
             Check::Pending(pending) => {
@@ -84,8 +86,12 @@ where
                 ResponseFuture::waiting(Box::pin(async move {
                     match pending.resolve(&auth).await {
                         Ok(authenticated) => {
+                            let principal = authenticated.principal().clone();
                             authenticated.apply(&mut request);
-                            inner.call(request).await
+                            inner.call(request).await.map(|mut response| {
+                                response.extensions_mut().insert(principal);
+                                response
+                            })
                         }
                         Err(err) => Ok(reject(&auth, &err)),
                     }

@@ -77,6 +77,7 @@ mod ratelimit;
 mod reason;
 mod route;
 mod spiffe;
+mod timing;
 mod tls;
 mod waf;
 
@@ -98,6 +99,7 @@ pub use ratelimit::{
 pub use reason::{Layer, Reason, Rejection};
 pub use route::{MAX_ROUTE_NAME_LEN, RouteInfo};
 pub use spiffe::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, validate_trust_domain};
+pub use timing::UpstreamLatency;
 pub use tls::{
     MAX_NAME_LEN, MAX_SANS, MAX_SERIAL_LEN, PeerCertificate, PeerCertificateBuilder, Thumbprint,
     TlsInfo, TlsVersion,

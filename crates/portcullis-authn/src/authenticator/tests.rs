@@ -194,6 +194,16 @@ async fn jwt_principal_fields() {
 }
 
 #[tokio::test]
+async fn the_principal_goes_out_on_the_response_for_the_audit_layer() {
+    let auth = builder().build().unwrap();
+    let token = keys().es256().token().subject("alice").sign().unwrap();
+    let (response, calls) = send(&auth, bearer(&token)).await;
+    assert_eq!((response.status(), calls), (StatusCode::OK, 1));
+    let principal = response.extensions().get::<Principal>().unwrap();
+    assert_eq!(principal.subject(), "alice");
+}
+
+#[tokio::test]
 async fn missing_credentials_get_a_challenge() {
     let auth = builder()
         .api_keys(HeaderName::from_static("x-api-key"), api_key_store())
