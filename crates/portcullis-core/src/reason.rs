@@ -113,6 +113,9 @@ reasons! {
     UpstreamTimeout => ("gateway.upstream_timeout", Gateway, GATEWAY_TIMEOUT, "Upstream timeout"),
     /// An internal error; the request was not forwarded.
     InternalError => ("gateway.internal_error", Gateway, INTERNAL_SERVER_ERROR, "Internal error"),
+    /// The route's security policy is invalid and no earlier valid one exists: the route
+    /// fails closed.
+    RouteMisconfigured => ("gateway.route_misconfigured", Gateway, SERVICE_UNAVAILABLE, "Route not available"),
 
     /// The route requires credentials and the request carried none.
     MissingCredentials => ("authn.missing_credentials", Authn, UNAUTHORIZED, "Authentication required"),

@@ -1,0 +1,12 @@
+//! The Portcullis reference ingress: it reads Ingresses and `PortcullisPolicy` resources (from
+//! Kubernetes, or from manifest files when there is no cluster), compiles them into a route
+//! table, runs each route's security stack, and proxies to the model servers.
+
+pub mod body;
+pub mod manifests;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod stack;

@@ -1,0 +1,501 @@
+//! The server: listeners, the route table swapped atomically on change, per-route stacks,
+//! the admin port, graceful shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use portcullis_audit::{Audit, AuditConfig, AuditLayer};
+use portcullis_core::{
+    Problem, Reason, Rejection, RouteInfo, TokenUsage, TrustedProxies, UpstreamLatency, WafVerdict,
+};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::body::{BoxBody, BoxError};
+use crate::manifests::Snapshot;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, UpstreamClient};
+use crate::routes::RouteTable;
+use crate::stack::{RouteService, build};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The manifests directory (the embedded default source when there is no cluster).
+    pub manifests: PathBuf,
+    /// The traffic listener.
+    pub listen: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: Option<SocketAddr>,
+    /// How long an upstream has to send its response head.
+    pub upstream_timeout: Duration,
+    /// How long a client has to send a request head.
+    pub header_timeout: Duration,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub drain: Duration,
+    /// How often the manifests are checked for changes.
+    pub poll: Duration,
+    /// Proxies in front of the ingress whose forwarded headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// The audit log, if any.
+    pub audit: Option<AuditConfig>,
+}
+
+/// A route's built stack and what it was built from.
+struct Built {
+    service: RouteService,
+    /// The policy and backend it was built from: unchanged, the stack (and its state:
+    /// counters, caches) is kept across rebuilds.
+    fingerprint: String,
+    info: Option<RouteInfo>,
+}
+
+struct Compiled {
+    table: RouteTable,
+    stacks: HashMap<String, Arc<Built>>,
+}
+
+/// The ingress: its route table and stacks, swapped atomically when the objects change.
+pub struct Gateway {
+    state: RwLock<Arc<Compiled>>,
+    client: UpstreamClient,
+    upstream_timeout: Duration,
+    /// The counters.
+    pub metrics: Metrics,
+    audit: Option<Audit>,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway with no routes yet.
+    pub fn new(upstream_timeout: Duration, audit: Option<Audit>) -> Arc<Self> {
+        Arc::new(Self {
+            state: RwLock::new(Arc::new(Compiled {
+                table: RouteTable::default(),
+                stacks: HashMap::new(),
+            })),
+            client: crate::proxy::client(),
+            upstream_timeout,
+            metrics: Metrics::default(),
+            audit,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Compiles `snapshot` and swaps it in. Returns the problems found: invalid objects are
+    /// reported and skipped; a route whose policy no longer builds keeps its previous stack
+    /// (or, new, fails closed with 503 `gateway.route_misconfigured`).
+    pub fn apply(&self, snapshot: &Snapshot) -> Vec<String> {
+        let table = RouteTable::compile(snapshot);
+        let mut problems: Vec<String> = table.errors.iter().map(ToString::to_string).collect();
+        let previous = self.current();
+        let mut stacks = HashMap::new();
+        for (host, route) in table.routes() {
+            let key = route.key(host);
+            let fingerprint = format!(
+                "{:?}|{}|{:?}",
+                route
+                    .policy
+                    .as_ref()
+                    .map(|(n, spec)| (n, serde_json::to_string(&**spec).unwrap_or_default())),
+                route.backend.name,
+                route.backend.endpoints
+            );
+            if let Some(old) = previous
+                .stacks
+                .get(&key)
+                .filter(|b| b.fingerprint == fingerprint)
+            {
+                stacks.insert(key, old.clone());
+                continue;
+            }
+            let info = RouteInfo::new(route.ingress.rsplit('/').next().unwrap_or_default())
+                .and_then(|r| r.with_namespace(route.namespace.clone()))
+                .and_then(|r| r.with_ingress(route.ingress.clone()))
+                .ok();
+            let proxy = Proxy::new(
+                self.client.clone(),
+                route.backend.clone(),
+                self.upstream_timeout,
+            );
+            let built = match build(route.policy.as_ref().map(|(_, s)| &**s), proxy) {
+                Ok(service) => Built {
+                    service,
+                    fingerprint,
+                    info,
+                },
+                Err(message) => {
+                    let policy = route.policy.as_ref().map_or("", |(n, _)| n.as_str());
+                    if let Some(old) = previous.stacks.get(&key) {
+                        problems.push(format!(
+                            "PortcullisPolicy {policy}: {message}; Ingress {} keeps its previous configuration",
+                            route.ingress
+                        ));
+                        stacks.insert(key, old.clone());
+                        continue;
+                    }
+                    problems.push(format!(
+                        "PortcullisPolicy {policy}: {message}; Ingress {} fails closed (503) until it is fixed",
+                        route.ingress
+                    ));
+                    Built {
+                        service: RouteService::new(tower::service_fn(
+                            |_: Request<BoxBody>| async {
+                                Ok::<_, Infallible>(
+                                    Problem::new(Reason::RouteMisconfigured).into_response(),
+                                )
+                            },
+                        )),
+                        fingerprint: String::new(),
+                        info,
+                    }
+                }
+            };
+            stacks.insert(key, Arc::new(built));
+        }
+        // One report per policy and Ingress, however many of its paths it covers.
+        problems.sort();
+        problems.dedup();
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .invalid_objects
+            .store(problems.len() as u64, Ordering::Relaxed);
+        if let Ok(mut state) = self.state.write() {
+            *state = Arc::new(Compiled { table, stacks });
+        }
+        self.ready.store(true, Ordering::Relaxed);
+        problems
+    }
+
+    fn current(&self) -> Arc<Compiled> {
+        self.state
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Routes and serves one request.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+    ) -> Result<Response<BoxBody>, Infallible>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let state = self.current();
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_owned();
+        let matched = state.table.find(&host, req.uri().path()).and_then(|m| {
+            state
+                .stacks
+                .get(&m.route.key(m.host))
+                .map(|b| (m.route.ingress.clone(), b.clone()))
+        });
+        let Some((route, built)) = matched else {
+            self.metrics.request("", 404);
+            self.metrics.rejection("gateway", Reason::NoRoute.code());
+            return Ok(Problem::new(Reason::NoRoute).into_response());
+        };
+        let mut req = req.map(BoxBody::new);
+        if let Some(info) = &built.info {
+            req.extensions_mut().insert(info.clone());
+        }
+        let Ok(mut response) = built.service.clone().oneshot(req).await;
+        if let Some(info) = &built.info {
+            response.extensions_mut().insert(info.clone());
+        }
+        let ext = response.extensions();
+        self.metrics.request(&route, response.status().as_u16());
+        if let Some(r) = ext.get::<Rejection>() {
+            self.metrics
+                .rejection(r.layer().as_str(), r.reason().code());
+        }
+        if let Some(v) = ext.get::<WafVerdict>() {
+            self.metrics.waf_rules(v.matched_rules());
+        }
+        if let Some(t) = ext.get::<TokenUsage>() {
+            self.metrics.tokens(&route, t.total());
+        }
+        if let Some(u) = ext.get::<UpstreamLatency>() {
+            self.metrics.upstream(u.0);
+        }
+        Ok(response)
+    }
+
+    /// The admin endpoints.
+    pub fn admin(&self, path: &str) -> Response<BoxBody> {
+        let text = |status: StatusCode, body: String| {
+            let mut r = Response::new(BoxBody::from(Bytes::from(body)));
+            *r.status_mut() = status;
+            r
+        };
+        match path {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" if self.ready.load(Ordering::Relaxed) => {
+                text(StatusCode::OK, "ready\n".into())
+            }
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            "/metrics" => {
+                let mut r = text(
+                    StatusCode::OK,
+                    self.metrics.render(self.audit.as_ref().map(Audit::stats)),
+                );
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            _ => Problem::new(Reason::NoRoute).into_response(),
+        }
+    }
+}
+
+/// A fingerprint of the manifests directory: names, sizes and modification times.
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Loads the manifests and applies them, printing what is wrong.
+fn reload(gateway: &Gateway, dir: &std::path::Path) {
+    match Snapshot::load_dir(dir) {
+        Ok((snapshot, errors)) => {
+            for e in &errors {
+                eprintln!("portcullis: {e}");
+            }
+            for problem in gateway.apply(&snapshot) {
+                eprintln!("portcullis: {problem}");
+            }
+        }
+        Err(e) => eprintln!("portcullis: {}: {e}", dir.display()),
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The traffic address.
+    pub addr: SocketAddr,
+    /// The admin address.
+    pub admin: Option<SocketAddr>,
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
+    stop: tokio::sync::watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to the drain deadline), flushes
+    /// the audit log.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+/// Starts the server on `options`.
+///
+/// # Errors
+///
+/// A listener cannot be bound, or the audit log cannot be started.
+pub async fn start(options: Options) -> Result<Running, BoxError> {
+    let (audit, audit_task) = match options.audit.clone() {
+        Some(config) => {
+            let (a, t) = Audit::start(config)?;
+            (Some(a), Some(t))
+        }
+        None => (None, None),
+    };
+    let gateway = Gateway::new(options.upstream_timeout, audit.clone());
+    reload(&gateway, &options.manifests);
+    let listener = TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let admin_listener = match options.admin {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let admin = admin_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    if let Some(l) = admin_listener {
+        tokio::spawn(serve_admin(l, gateway.clone(), stop.subscribe()));
+    }
+    {
+        // Watch the manifests.
+        let (gateway, dir, every, mut stopped) = (
+            gateway.clone(),
+            options.manifests.clone(),
+            options.poll,
+            stop.subscribe(),
+        );
+        tokio::spawn(async move {
+            let mut seen = fingerprint(&dir);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => return,
+                }
+                let now = fingerprint(&dir);
+                if now != seen {
+                    seen = now;
+                    reload(&gateway, &dir);
+                }
+            }
+        });
+    }
+    let done = {
+        let gateway = gateway.clone();
+        let options = options.clone();
+        tokio::spawn(async move {
+            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(options.header_timeout)
+                .max_headers(128);
+            builder.http2().max_header_list_size(64 * 1024);
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stopped.changed() => break,
+                };
+                let Ok((stream, peer)) = accepted else {
+                    continue;
+                };
+                let inner = Entry {
+                    gateway: gateway.clone(),
+                    proxies: options.trusted_proxies.clone(),
+                    peer,
+                };
+                let io = TokioIo::new(stream);
+                match &audit {
+                    Some(a) => {
+                        let svc = tower::ServiceBuilder::new()
+                            .layer(AuditLayer::new(a.clone()))
+                            .service(inner);
+                        let conn = builder
+                            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    None => {
+                        let conn = builder
+                            .serve_connection_with_upgrades(io, TowerToHyperService::new(inner));
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                }
+            }
+            drop(listener);
+            let _ = tokio::time::timeout(options.drain, graceful.shutdown()).await;
+            if let Some(task) = audit_task {
+                task.shutdown().await;
+            }
+        })
+    };
+    Ok(Running {
+        addr,
+        admin,
+        gateway,
+        stop,
+        done,
+    })
+}
+
+/// A connection's entry: resolves the client address, then routes.
+#[derive(Clone)]
+struct Entry {
+    gateway: Arc<Gateway>,
+    proxies: TrustedProxies,
+    peer: SocketAddr,
+}
+
+impl<B> tower::Service<Request<B>> for Entry
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<BoxBody>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let client = self.proxies.resolve(self.peer, req.headers());
+        req.extensions_mut().insert(client);
+        Box::pin(self.gateway.clone().handle(req))
+    }
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = gateway.admin(req.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
