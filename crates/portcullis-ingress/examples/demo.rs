@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_audit::{AuditConfig, FileSinkConfig, Signer, SinkConfig, Verifier};
 use portcullis_core::TrustedProxies;
-use portcullis_ingress::server::{Options, start};
+use portcullis_ingress::server::{Options, Source, start};
 use portcullis_test_util::FakeUpstream;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -76,7 +76,7 @@ async fn main() -> Result<(), Error> {
     };
     audit.checkpoint.signing_key = Some(work.join("audit-key.pem"));
     let running = start(Options {
-        manifests: manifest_dir.clone(),
+        source: Source::Manifests(manifest_dir.clone()),
         listen,
         admin: Some("127.0.0.1:0".parse()?),
         upstream_timeout: Duration::from_secs(30),

@@ -3,6 +3,7 @@
 //! table, runs each route's security stack, and proxies to the model servers.
 
 pub mod body;
+pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
 pub mod policy;

@@ -1,8 +1,9 @@
 //! `portcullis`: the reference ingress.
 //!
 //! ```text
-//! portcullis serve --manifests DIR [--listen ADDR] [--admin ADDR] [--trusted-proxy CIDR]...
+//! portcullis serve [--manifests DIR] [--listen ADDR] [--admin ADDR] [--trusted-proxy CIDR]...
 //!                  [--audit-dir DIR --audit-key FILE] [--upstream-timeout SECS]
+//! (without --manifests: the cluster, through KUBECONFIG or the in-cluster service account)
 //! portcullis crd            # the PortcullisPolicy CustomResourceDefinition, as YAML
 //! ```
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use portcullis_audit::{AuditConfig, FileSinkConfig, SinkConfig};
 use portcullis_core::{IpCidr, TrustedProxies};
-use portcullis_ingress::server::{Options, start};
+use portcullis_ingress::server::{Options, Source, start};
 
 #[derive(Parser)]
 #[command(
@@ -37,8 +38,9 @@ enum Command {
 
 #[derive(Parser)]
 struct Serve {
-    /// The manifests directory (multi-document YAML: IngressClass, Ingress,
-    /// PortcullisPolicy, Service, EndpointSlice, Secret), watched for changes.
+    /// Serve a manifests directory (multi-document YAML: IngressClass, Ingress,
+    /// PortcullisPolicy, Service, EndpointSlice, Secret), watched for changes, instead of the
+    /// cluster.
     #[arg(long)]
     manifests: Option<PathBuf>,
     /// The traffic listener.
@@ -78,12 +80,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(serve) => {
-            let Some(manifests) = serve.manifests.clone() else {
-                eprintln!(
-                    "portcullis: reading routes from Kubernetes is not in this build yet; pass --manifests DIR"
-                );
-                return ExitCode::from(2);
-            };
             let audit = serve.audit_dir.clone().map(|dir| {
                 let mut config = AuditConfig {
                     sink: SinkConfig::File(FileSinkConfig::new(dir)),
@@ -92,8 +88,9 @@ fn main() -> ExitCode {
                 config.checkpoint.signing_key = serve.audit_key.clone();
                 config
             });
-            let options = Options {
-                manifests,
+            let manifests = serve.manifests.clone();
+            let options = |source| Options {
+                source,
                 listen: serve.listen,
                 admin: Some(serve.admin),
                 upstream_timeout: Duration::from_secs(serve.upstream_timeout),
@@ -108,7 +105,21 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             };
             runtime.block_on(async move {
-                let running = match start(options).await {
+                let source = match manifests {
+                    Some(dir) => Source::Manifests(dir),
+                    // The ordinary client loading: KUBECONFIG or ~/.kube/config, or the
+                    // in-cluster service account.
+                    None => match kube::Client::try_default().await {
+                        Ok(client) => Source::Kubernetes(client),
+                        Err(e) => {
+                            eprintln!(
+                                "portcullis: no Kubernetes client ({e}); run in a cluster, set KUBECONFIG, or pass --manifests DIR"
+                            );
+                            return ExitCode::from(2);
+                        }
+                    },
+                };
+                let running = match start(options(source)).await {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("portcullis: {e}");

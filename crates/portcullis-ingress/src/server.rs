@@ -30,11 +30,30 @@ use crate::proxy::{Proxy, UpstreamClient};
 use crate::routes::RouteTable;
 use crate::stack::{RouteService, build};
 
+/// Where the objects come from.
+#[derive(Clone)]
+pub enum Source {
+    /// A manifests directory, checked for changes every `Options::poll` (the embedded
+    /// default when there is no cluster).
+    Manifests(PathBuf),
+    /// The cluster, through this client.
+    Kubernetes(kube::Client),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Manifests(dir) => f.debug_tuple("Manifests").field(dir).finish(),
+            Self::Kubernetes(_) => f.write_str("Kubernetes"),
+        }
+    }
+}
+
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The manifests directory (the embedded default source when there is no cluster).
-    pub manifests: PathBuf,
+    /// Where the objects come from.
+    pub source: Source,
     /// The traffic listener.
     pub listen: SocketAddr,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
@@ -341,7 +360,9 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
         None => (None, None),
     };
     let gateway = Gateway::new(options.upstream_timeout, audit.clone());
-    reload(&gateway, &options.manifests);
+    if let Source::Manifests(dir) = &options.source {
+        reload(&gateway, dir);
+    }
     let listener = TcpListener::bind(options.listen).await?;
     let addr = listener.local_addr()?;
     let admin_listener = match options.admin {
@@ -356,14 +377,17 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
     if let Some(l) = admin_listener {
         tokio::spawn(serve_admin(l, gateway.clone(), stop.subscribe()));
     }
-    {
-        // Watch the manifests.
-        let (gateway, dir, every, mut stopped) = (
+    if let Source::Kubernetes(client) = &options.source {
+        tokio::spawn(crate::kube_source::run(
+            client.clone(),
             gateway.clone(),
-            options.manifests.clone(),
-            options.poll,
             stop.subscribe(),
-        );
+        ));
+    }
+    if let Source::Manifests(dir) = &options.source {
+        // Watch the manifests.
+        let (gateway, dir, every, mut stopped) =
+            (gateway.clone(), dir.clone(), options.poll, stop.subscribe());
         tokio::spawn(async move {
             let mut seen = fingerprint(&dir);
             loop {

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_audit::{AuditConfig, FileSinkConfig, SinkConfig};
 use portcullis_core::TrustedProxies;
-use portcullis_ingress::server::{Options, start};
+use portcullis_ingress::server::{Options, Source, start};
 use portcullis_test_util::FakeUpstream;
 
 const KEY: &str = "sk-e2e";
@@ -121,7 +121,7 @@ async fn serves_the_manifests_end_to_end() {
         &manifests(upstream.addr(), "{packs: [ai-guard]}", false),
     );
     let running = start(Options {
-        manifests: manifest_dir.clone(),
+        source: Source::Manifests(manifest_dir.clone()),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         upstream_timeout: Duration::from_secs(5),

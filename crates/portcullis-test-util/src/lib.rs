@@ -15,11 +15,13 @@ use std::fmt;
 
 pub mod docs;
 pub mod jwt;
+pub mod kube;
 pub mod pki;
 pub mod upstream;
 
 pub use docs::DocumentServer;
 pub use jwt::{JwtKey, JwtKeys, TokenBuilder};
+pub use kube::FakeKube;
 pub use pki::{LeafSpec, TestCa, TestCert, TestCrl, TestPki};
 pub use upstream::FakeUpstream;
 

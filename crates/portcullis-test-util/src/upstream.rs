@@ -100,31 +100,10 @@ impl FakeUpstream {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
-        let (shutdown, mut stop) = oneshot::channel::<()>();
         let accept_state = Arc::clone(&state);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = &mut stop => break,
-                    accepted = listener.accept() => accepted,
-                };
-                let Ok((stream, _)) = accepted else {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let state = Arc::clone(&accept_state);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                    });
-                    // A client hanging up mid-request is not the upstream's problem.
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        let shutdown = serve_loopback(listener, move |req| {
+            let state = Arc::clone(&accept_state);
+            async move { handle(&state, req).await }
         });
         Ok(Self {
             addr,
@@ -439,3 +418,40 @@ fn json_response(status: StatusCode, value: &Value) -> Response<UpstreamBody> {
 
 #[cfg(test)]
 mod tests;
+
+/// Serves `handler` on `listener` (HTTP/1.1 and cleartext HTTP/2) until the returned sender
+/// fires or is dropped.
+pub(crate) fn serve_loopback<H, F, B>(listener: TcpListener, handler: H) -> oneshot::Sender<()>
+where
+    H: Fn(Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (shutdown, mut stop) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut stop => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                // A client hanging up mid-request is not the server's problem.
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    shutdown
+}
