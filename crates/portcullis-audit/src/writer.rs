@@ -390,12 +390,13 @@ impl Writer {
                 }
                 std::mem::swap(&mut *items, &mut batch);
             }
-            let mut events = 0;
             while let Some(msg) = batch.pop_front() {
                 match msg {
                     Msg::Event(event) => {
                         self.event(&event);
-                        events += 1;
+                        // Its memory is free again: room for a new event (before any flush
+                        // answered later in the batch).
+                        queue.permits.add_permits(1);
                     }
                     Msg::Flush(done) => {
                         self.flush(false);
@@ -426,8 +427,6 @@ impl Writer {
                     }
                 }
             }
-            // Their memory is free again: room for as many new events.
-            queue.permits.add_permits(events);
             if self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= every {
                 self.checkpoint(false);
             }
