@@ -37,6 +37,7 @@
 //! ```
 
 mod chain;
+pub mod cli;
 mod config;
 mod event;
 mod layer;

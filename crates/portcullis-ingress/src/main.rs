@@ -5,6 +5,8 @@
 //!                  [--audit-dir DIR --audit-key FILE] [--upstream-timeout SECS]
 //! (without --manifests: the cluster, through KUBECONFIG or the in-cluster service account)
 //! portcullis crd            # the PortcullisPolicy CustomResourceDefinition, as YAML
+//! portcullis waf eval|crs-test ...     # the WAF's tools
+//! portcullis audit verify|keygen ...   # the audit log's tools
 //! ```
 
 use std::net::SocketAddr;
@@ -34,6 +36,21 @@ enum Command {
     Serve(Serve),
     /// Print the PortcullisPolicy CustomResourceDefinition.
     Crd,
+    /// The WAF's tools: `eval` (rules against labelled corpora), `crs-test` (CRS's
+    /// regression suite).
+    #[command(disable_help_flag = true)]
+    Waf {
+        /// Passed to the tool.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The audit log's tools: `verify`, `keygen`.
+    #[command(disable_help_flag = true)]
+    Audit {
+        /// Passed to the tool.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Parser)]
@@ -69,6 +86,8 @@ struct Serve {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Waf { args } => portcullis_waf::cli::main(args),
+        Command::Audit { args } => portcullis_audit::cli::main(args),
         Command::Crd => match portcullis_ingress::policy::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

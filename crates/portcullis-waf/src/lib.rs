@@ -24,6 +24,7 @@
 
 mod bodies;
 mod body;
+pub mod cli;
 mod config;
 pub mod crs;
 mod engine;
