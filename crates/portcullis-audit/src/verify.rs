@@ -378,21 +378,18 @@ fn accept(
         }
         _ => {}
     }
-    if let Some(sig) = &rec.sig {
-        match key {
-            Some(key) if key.verify(&rec.hash, sig) && rec.kind == "checkpoint" => {
-                report.checkpoints += 1;
-                report.unsigned_tail = 0;
-            }
-            Some(key) if key.verify(&rec.hash, sig) => {}
-            Some(_) => {
-                return Err(Finding::BadSignature {
-                    seq: rec.seq,
-                    at: line.place.clone(),
-                });
-            }
-            None => {}
-        }
+    let (Some(sig), Some(key)) = (&rec.sig, key) else {
+        return Ok(());
+    };
+    if !key.verify(&rec.hash, sig) {
+        return Err(Finding::BadSignature {
+            seq: rec.seq,
+            at: line.place.clone(),
+        });
+    }
+    if rec.kind == "checkpoint" {
+        report.checkpoints += 1;
+        report.unsigned_tail = 0;
     }
     Ok(())
 }

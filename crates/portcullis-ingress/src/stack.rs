@@ -41,7 +41,8 @@ pub fn build(policy: Option<&PolicySpec>, proxy: Proxy) -> Result<RouteService, 
         );
     }
     if let Some(limits) = &policy.principal_rate_limit {
-        service = RouteService::new(rate_limit("principalRateLimit", limits)?.layer_on(service));
+        let layer = rate_limit("principalRateLimit", limits)?;
+        service = RouteService::new(ServiceBuilder::new().layer(layer).service(service));
     }
     if let Some(authn) = &policy.authn {
         let config: AuthnConfig =
@@ -50,34 +51,14 @@ pub fn build(policy: Option<&PolicySpec>, proxy: Proxy) -> Result<RouteService, 
         service = RouteService::new(ServiceBuilder::new().layer(layer).service(service));
     }
     if let Some(limits) = &policy.rate_limit {
-        service = RouteService::new(rate_limit("rateLimit", limits)?.layer_on(service));
+        let layer = rate_limit("rateLimit", limits)?;
+        service = RouteService::new(ServiceBuilder::new().layer(layer).service(service));
     }
     Ok(service)
 }
 
-struct Limits(RateLimitLayer);
-
-impl Limits {
-    fn layer_on(
-        self,
-        inner: RouteService,
-    ) -> impl tower::Service<
-        Request<BoxBody>,
-        Response = Response<BoxBody>,
-        Error = Infallible,
-        Future = impl Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static {
-        ServiceBuilder::new().layer(self.0).service(inner)
-    }
-}
-
-fn rate_limit(section: &str, value: &serde_json::Value) -> Result<Limits, String> {
+fn rate_limit(section: &str, value: &serde_json::Value) -> Result<RateLimitLayer, String> {
     let config: RateLimitConfig =
         serde_json::from_value(value.clone()).map_err(|e| format!("{section}: {e}"))?;
-    RateLimitLayer::try_from(&config)
-        .map(Limits)
-        .map_err(|e| format!("{section}: {e}"))
+    RateLimitLayer::try_from(&config).map_err(|e| format!("{section}: {e}"))
 }

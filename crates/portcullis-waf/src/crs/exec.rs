@@ -67,6 +67,17 @@ struct Memo {
     set: regex_automata::PatternSet,
 }
 
+/// The bytes `span` names in `arena`, or `raw` when the pipeline left the value unchanged.
+fn spanned<'v>(arena: &'v [u8], span: (u32, u32), raw: &'v [u8]) -> &'v [u8] {
+    if span == SAME {
+        raw
+    } else {
+        arena
+            .get(span.0 as usize..span.1 as usize)
+            .unwrap_or_default()
+    }
+}
+
 const UNSET: (u32, u32) = (u32::MAX, 0);
 const SAME: (u32, u32) = (u32::MAX - 1, 0);
 const DONE: u32 = 1 << 16;
@@ -121,13 +132,7 @@ impl Memo {
     }
 
     fn value<'v>(&'v self, span: (u32, u32), raw: &'v [u8]) -> &'v [u8] {
-        if span == SAME {
-            raw
-        } else {
-            self.arena
-                .get(span.0 as usize..span.1 as usize)
-                .unwrap_or_default()
-        }
+        spanned(&self.arena, span, raw)
     }
 
     /// Which patterns of `group` match item `key` (transformed value at `span`).
@@ -138,13 +143,7 @@ impl Memo {
         }
         let mut mask = DONE;
         if let Some(g) = crs.groups.get(group as usize) {
-            let value = if span == SAME {
-                raw
-            } else {
-                self.arena
-                    .get(span.0 as usize..span.1 as usize)
-                    .unwrap_or_default()
-            };
+            let value = spanned(&self.arena, span, raw);
             let input = regex_automata::Input::new(value);
             if g.single {
                 if g.regex.is_match(input) {
