@@ -77,17 +77,20 @@ async fn main() -> Result<(), Error> {
     audit.checkpoint.signing_key = Some(work.join("audit-key.pem"));
     let running = start(Options {
         source: Source::Manifests(manifest_dir.clone()),
-        listen,
+        listen: Some(listen),
+        tls_listen: None,
         admin: Some("127.0.0.1:0".parse()?),
         upstream_timeout: Duration::from_secs(30),
         header_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(120),
+        idle_timeout: Duration::from_secs(300),
         drain: Duration::from_secs(5),
         poll: Duration::from_secs(1),
         trusted_proxies: TrustedProxies::default(),
         audit: Some(audit),
     })
     .await?;
-    let addr = running.addr;
+    let addr = running.addr.ok_or("no plain listener")?;
     let verify = format!(
         "cargo run -q -p portcullis-audit --bin portcullis-audit -- verify {} --public-key {}",
         audit_dir.display(),

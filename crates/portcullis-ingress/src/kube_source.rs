@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -18,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::manifests::Snapshot;
 use crate::policy::PortcullisPolicy;
+use crate::routes::ObjectError;
 use crate::server::Gateway;
 
 /// The objects of one kind, by `namespace/name`.
@@ -45,6 +47,7 @@ struct State {
     policies: Kind<PortcullisPolicy>,
     services: Kind<Service>,
     slices: Kind<EndpointSlice>,
+    secrets: Kind<Secret>,
 }
 
 impl State {
@@ -54,6 +57,7 @@ impl State {
             && self.policies.synced
             && self.services.synced
             && self.slices.synced
+            && self.secrets.synced
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -63,7 +67,7 @@ impl State {
             policies: self.policies.objects.values().cloned().collect(),
             services: self.services.objects.values().cloned().collect(),
             endpoint_slices: self.slices.objects.values().cloned().collect(),
-            secrets: Vec::new(),
+            secrets: self.secrets.objects.values().cloned().collect(),
         }
     }
 }
@@ -152,12 +156,21 @@ pub async fn run(
             |s| &mut s.services,
         )),
         tokio::spawn(watch(
-            Api::<EndpointSlice>::all(client),
+            Api::<EndpointSlice>::all(client.clone()),
             state.clone(),
             changed.clone(),
             |s| &mut s.slices,
         )),
+        tokio::spawn(watch(
+            Api::<Secret>::all(client.clone()),
+            state.clone(),
+            changed.clone(),
+            |s| &mut s.secrets,
+        )),
     ];
+    let recorder = Recorder::new(client, Reporter::from("portcullis"));
+    // Problems already published: each is published once, when it appears.
+    let mut published: std::collections::BTreeSet<ObjectError> = Default::default();
     loop {
         tokio::select! {
             () = changed.notified() => {}
@@ -168,11 +181,60 @@ pub async fn run(
             Ok(s) if s.synced() => s.snapshot(),
             _ => continue,
         };
-        for problem in gateway.apply(&snapshot) {
+        let problems = gateway.apply(&snapshot);
+        for problem in &problems {
             eprintln!("portcullis: {problem}");
         }
+        let current: std::collections::BTreeSet<ObjectError> = problems.into_iter().collect();
+        for problem in current.difference(&published) {
+            publish(&recorder, problem).await;
+        }
+        published = current;
     }
     for t in tasks {
         t.abort();
+    }
+}
+
+/// Publishes `problem` as a Warning Event on its object (problems not about one object, such
+/// as the combined TLS configuration, are only logged).
+async fn publish(recorder: &Recorder, problem: &ObjectError) {
+    let Some((kind, path)) = problem.object.split_once(' ') else {
+        return;
+    };
+    let Some((namespace, name)) = path.split_once('/') else {
+        return;
+    };
+    let api_version = match kind {
+        "Ingress" => "networking.k8s.io/v1",
+        "PortcullisPolicy" => "portcullis.dev/v1alpha1",
+        "Secret" | "Service" => "v1",
+        _ => return,
+    };
+    let reference = ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        namespace: Some(namespace.into()),
+        name: Some(name.into()),
+        ..ObjectReference::default()
+    };
+    // An Event's note is at most 1 kB.
+    let mut note = problem.message.clone();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "InvalidConfiguration".into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        eprintln!("portcullis: cannot publish an Event on {kind} {path}: {e}");
     }
 }

@@ -3,6 +3,7 @@
 //! table, runs each route's security stack, and proxies to the model servers.
 
 pub mod body;
+mod conn;
 pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
@@ -11,3 +12,4 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod stack;
+pub mod tls;

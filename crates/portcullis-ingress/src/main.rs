@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the routes of the Ingresses and PortcullisPolicies in a manifests directory.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Print the PortcullisPolicy CustomResourceDefinition.
     Crd,
     /// The WAF's tools: `eval` (rules against labelled corpora), `crs-test` (CRS's
@@ -60,9 +60,16 @@ struct Serve {
     /// cluster.
     #[arg(long)]
     manifests: Option<PathBuf>,
-    /// The traffic listener.
+    /// The plain-HTTP traffic listener.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Do not open the plain-HTTP listener (serve TLS only).
+    #[arg(long, requires = "tls_listen")]
+    no_plain_listener: bool,
+    /// The TLS traffic listener: certificates from the Ingresses' spec.tls Secrets, by SNI;
+    /// client certificates per the policies' ztls sections.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
     /// The admin listener: /healthz, /readyz, /metrics.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin: SocketAddr,
@@ -78,6 +85,15 @@ struct Serve {
     /// Seconds an upstream has to send its response head.
     #[arg(long, default_value_t = 60)]
     upstream_timeout: u64,
+    /// Seconds a client has to send a request head or finish a TLS handshake.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a request may take until its response head (then 408).
+    #[arg(long, default_value_t = 120)]
+    request_timeout: u64,
+    /// Seconds a connection may stay open with no bytes moving and no request waiting.
+    #[arg(long, default_value_t = 300)]
+    idle_timeout: u64,
     /// Seconds in-flight requests may take to finish at shutdown.
     #[arg(long, default_value_t = 30)]
     drain: u64,
@@ -110,10 +126,13 @@ fn main() -> ExitCode {
             let manifests = serve.manifests.clone();
             let options = |source| Options {
                 source,
-                listen: serve.listen,
+                listen: (!serve.no_plain_listener).then_some(serve.listen),
+                tls_listen: serve.tls_listen,
                 admin: Some(serve.admin),
                 upstream_timeout: Duration::from_secs(serve.upstream_timeout),
-                header_timeout: Duration::from_secs(10),
+                header_timeout: Duration::from_secs(serve.header_timeout),
+                request_timeout: Duration::from_secs(serve.request_timeout),
+                idle_timeout: Duration::from_secs(serve.idle_timeout),
                 drain: Duration::from_secs(serve.drain),
                 poll: Duration::from_secs(1),
                 trusted_proxies: TrustedProxies::new(serve.trusted_proxies),
@@ -145,9 +164,16 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
+                let mut on = Vec::new();
+                if let Some(a) = running.addr {
+                    on.push(format!("http://{a}"));
+                }
+                if let Some(a) = running.tls_addr {
+                    on.push(format!("https://{a}"));
+                }
                 println!(
-                    "portcullis serving on http://{} (admin http://{})",
-                    running.addr,
+                    "portcullis serving on {} (admin http://{})",
+                    on.join(" "),
                     running.admin.map(|a| a.to_string()).unwrap_or_default()
                 );
                 shutdown_signal().await;

@@ -22,6 +22,10 @@ pub struct Metrics {
     /// Route-table rebuilds, and objects reported invalid at the last one.
     pub(crate) reloads: AtomicU64,
     pub(crate) invalid_objects: AtomicU64,
+    /// TLS handshakes that failed or timed out (including refused client certificates).
+    pub(crate) tls_handshake_failures: AtomicU64,
+    /// Connections closed for being idle.
+    pub(crate) idle_closed: AtomicU64,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, by: u64) {
@@ -141,6 +145,12 @@ impl Metrics {
             "# TYPE portcullis_route_table_reloads_total counter\nportcullis_route_table_reloads_total {}\n# TYPE portcullis_invalid_objects gauge\nportcullis_invalid_objects {}",
             self.reloads.load(Ordering::Relaxed),
             self.invalid_objects.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE portcullis_tls_handshake_failures_total counter\nportcullis_tls_handshake_failures_total {}\n# TYPE portcullis_idle_connections_closed_total counter\nportcullis_idle_connections_closed_total {}",
+            self.tls_handshake_failures.load(Ordering::Relaxed),
+            self.idle_closed.load(Ordering::Relaxed)
         );
         if let Some(a) = audit {
             let _ = writeln!(

@@ -23,6 +23,12 @@ pub const CONTROLLER: &str = "portcullis.dev/ingress-controller";
 pub struct PolicySpec {
     /// The Ingresses (in the policy's namespace) this policy applies to.
     pub target_refs: Vec<TargetRef>,
+    /// Client certificates: the CA that issues them (a Secret), whether they are required at
+    /// the handshake, CRLs, and the identities allowed (`portcullis-ztls`'s
+    /// `ZeroTrustPolicyConfig` under `policy`). See [`ZtlsSection`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub ztls: Option<serde_json::Value>,
     /// Authentication and authorization (`portcullis-authn`'s `AuthnConfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
@@ -44,6 +50,64 @@ pub struct PolicySpec {
     /// log).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSection>,
+}
+
+/// The `ztls` section, checked when the routes are built.
+///
+/// ```yaml
+/// ztls:
+///   clientAuth: required          # required (default) | optional | off
+///   caSecret: { name: clients-ca }                  # key `ca.crt` unless given
+///   crlSecret: { name: clients-crl, key: ca.crl }   # optional
+///   policy:                                         # who may call
+///     spiffeIds: [{ prefix: spiffe://prod.example.org/ns/ml }]
+/// ```
+///
+/// The CA is trusted on the TLS hosts of the policy's Ingresses (their `spec.tls`), so
+/// client certificates are verified during the handshake for those names. The `policy` is
+/// also enforced on every request of the routes, so a request that reaches them any other way
+/// (another SNI name, the plain listener) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZtlsSection {
+    /// Whether the handshake requires a client certificate.
+    #[serde(default)]
+    pub client_auth: portcullis_ztls::ClientAuth,
+    /// The Secret holding the CA bundle (PEM) that issues client certificates.
+    #[serde(default)]
+    pub ca_secret: Option<SecretKeyRef>,
+    /// The Secret holding CRLs (PEM).
+    #[serde(default)]
+    pub crl_secret: Option<SecretKeyRef>,
+    /// Who may call, by certificate identity.
+    #[serde(default)]
+    pub policy: portcullis_ztls::ZeroTrustPolicyConfig,
+}
+
+/// A key of a Secret in the policy's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key in its `data` (defaults per use: `ca.crt`, `ca.crl`).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl PolicySpec {
+    /// The `ztls` section, parsed.
+    ///
+    /// # Errors
+    ///
+    /// The section does not deserialize; the message names the section.
+    pub fn ztls(&self) -> Result<Option<ZtlsSection>, String> {
+        self.ztls
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| format!("ztls: {e}"))
+    }
 }
 
 /// A reference to an Ingress.

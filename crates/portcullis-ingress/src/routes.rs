@@ -23,7 +23,7 @@ use crate::manifests::Snapshot;
 use crate::policy::{CONTROLLER, PolicySpec, PortcullisPolicy};
 
 /// A problem with an object, reported without taking down the routes that work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ObjectError {
     /// `Kind namespace/name`.
     pub object: String,
@@ -126,42 +126,8 @@ impl RouteTable {
     /// Compiles the objects.
     pub fn compile(s: &Snapshot) -> Self {
         let mut table = Self::default();
-        let ours = |class: Option<&str>| -> bool {
-            match class {
-                Some(name) => s.classes.iter().any(|c| {
-                    c.metadata.name.as_deref() == Some(name)
-                        && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
-                }),
-                None => s.classes.iter().any(|c| {
-                    c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
-                        && c.metadata
-                            .annotations
-                            .as_ref()
-                            .and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
-                            .is_some_and(|v| v == "true")
-                }),
-            }
-        };
         let policies = resolve_policies(&s.policies, &mut table.errors);
-        // Oldest first, so a conflict (two default backends) keeps the older object.
-        let mut ingresses: Vec<&Ingress> = s
-            .ingresses
-            .iter()
-            .filter(|i| {
-                ours(
-                    i.spec
-                        .as_ref()
-                        .and_then(|s| s.ingress_class_name.as_deref()),
-                )
-            })
-            .collect();
-        ingresses.sort_by_key(|i| {
-            (
-                i.metadata.creation_timestamp.clone().map(|t| t.0),
-                object_name(i),
-            )
-        });
-        for ingress in ingresses {
+        for ingress in our_ingresses(s) {
             let name = object_name(ingress);
             let namespace = ingress
                 .metadata
@@ -347,7 +313,46 @@ fn check_host(host: &str) -> Result<(), String> {
     }
 }
 
-fn object_name(i: &Ingress) -> String {
+/// The Ingresses of our IngressClass (named, or the default class for those naming none),
+/// oldest first: a conflict keeps the older object.
+pub(crate) fn our_ingresses(s: &Snapshot) -> Vec<&Ingress> {
+    let ours = |class: Option<&str>| -> bool {
+        match class {
+            Some(name) => s.classes.iter().any(|c| {
+                c.metadata.name.as_deref() == Some(name)
+                    && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
+            }),
+            None => s.classes.iter().any(|c| {
+                c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
+                    && c.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("ingressclass.kubernetes.io/is-default-class"))
+                        .is_some_and(|v| v == "true")
+            }),
+        }
+    };
+    let mut ingresses: Vec<&Ingress> = s
+        .ingresses
+        .iter()
+        .filter(|i| {
+            ours(
+                i.spec
+                    .as_ref()
+                    .and_then(|s| s.ingress_class_name.as_deref()),
+            )
+        })
+        .collect();
+    ingresses.sort_by_key(|i| {
+        (
+            i.metadata.creation_timestamp.clone().map(|t| t.0),
+            object_name(i),
+        )
+    });
+    ingresses
+}
+
+pub(crate) fn object_name(i: &Ingress) -> String {
     format!(
         "{}/{}",
         i.metadata.namespace.as_deref().unwrap_or("default"),
@@ -357,7 +362,7 @@ fn object_name(i: &Ingress) -> String {
 
 /// The policy of each Ingress (`namespace/name`). Two policies for one Ingress: the older
 /// applies, the other is reported.
-fn resolve_policies(
+pub(crate) fn resolve_policies(
     policies: &[PortcullisPolicy],
     errors: &mut Vec<ObjectError>,
 ) -> BTreeMap<String, (String, Arc<PolicySpec>)> {

@@ -24,11 +24,15 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::body::{BoxBody, BoxError};
+use crate::conn::{Activity, Watched};
 use crate::manifests::Snapshot;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamClient};
-use crate::routes::RouteTable;
+use crate::routes::{ObjectError, RouteTable};
 use crate::stack::{RouteService, build};
+use crate::tls::TlsPlan;
+use portcullis_ztls::{ConnectionInfo, ServerConfigs};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where the objects come from.
 #[derive(Clone)]
@@ -54,14 +58,21 @@ impl std::fmt::Debug for Source {
 pub struct Options {
     /// Where the objects come from.
     pub source: Source,
-    /// The traffic listener.
-    pub listen: SocketAddr,
+    /// The plain-HTTP traffic listener.
+    pub listen: Option<SocketAddr>,
+    /// The TLS traffic listener (certificates from the Ingresses' `spec.tls` Secrets).
+    pub tls_listen: Option<SocketAddr>,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub admin: Option<SocketAddr>,
     /// How long an upstream has to send its response head.
     pub upstream_timeout: Duration,
-    /// How long a client has to send a request head.
+    /// How long a client has to send a request head (and to finish a TLS handshake).
     pub header_timeout: Duration,
+    /// How long a request may take until its response head (reading a body the WAF holds
+    /// included); then 408.
+    pub request_timeout: Duration,
+    /// How long a connection may stay open with no bytes moving and no request waiting.
+    pub idle_timeout: Duration,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain: Duration,
     /// How often the manifests are checked for changes.
@@ -95,6 +106,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     audit: Option<Audit>,
     ready: AtomicBool,
+    /// The TLS plan in force and its built configurations.
+    tls: RwLock<Option<(TlsPlan, Arc<ServerConfigs>)>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -116,15 +129,16 @@ impl Gateway {
             metrics: Metrics::default(),
             audit,
             ready: AtomicBool::new(false),
+            tls: RwLock::new(None),
         })
     }
 
     /// Compiles `snapshot` and swaps it in. Returns the problems found: invalid objects are
     /// reported and skipped; a route whose policy no longer builds keeps its previous stack
     /// (or, new, fails closed with 503 `gateway.route_misconfigured`).
-    pub fn apply(&self, snapshot: &Snapshot) -> Vec<String> {
+    pub fn apply(&self, snapshot: &Snapshot) -> Vec<ObjectError> {
         let table = RouteTable::compile(snapshot);
-        let mut problems: Vec<String> = table.errors.iter().map(ToString::to_string).collect();
+        let mut problems: Vec<ObjectError> = table.errors.clone();
         let previous = self.current();
         let mut stacks = HashMap::new();
         for (host, route) in table.routes() {
@@ -163,18 +177,25 @@ impl Gateway {
                 },
                 Err(message) => {
                     let policy = route.policy.as_ref().map_or("", |(n, _)| n.as_str());
+                    let object = format!("PortcullisPolicy {policy}");
                     if let Some(old) = previous.stacks.get(&key) {
-                        problems.push(format!(
-                            "PortcullisPolicy {policy}: {message}; Ingress {} keeps its previous configuration",
-                            route.ingress
-                        ));
+                        problems.push(ObjectError {
+                            object,
+                            message: format!(
+                                "{message}; Ingress {} keeps its previous configuration",
+                                route.ingress
+                            ),
+                        });
                         stacks.insert(key, old.clone());
                         continue;
                     }
-                    problems.push(format!(
-                        "PortcullisPolicy {policy}: {message}; Ingress {} fails closed (503) until it is fixed",
-                        route.ingress
-                    ));
+                    problems.push(ObjectError {
+                        object,
+                        message: format!(
+                            "{message}; Ingress {} fails closed (503) until it is fixed",
+                            route.ingress
+                        ),
+                    });
                     Built {
                         service: RouteService::new(tower::service_fn(
                             |_: Request<BoxBody>| async {
@@ -190,6 +211,14 @@ impl Gateway {
             };
             stacks.insert(key, Arc::new(built));
         }
+        let previous_tls = self
+            .tls
+            .read()
+            .ok()
+            .and_then(|t| t.as_ref().map(|(p, _)| p.clone()));
+        let (plan, tls_errors) = crate::tls::plan(snapshot, previous_tls.as_ref());
+        problems.extend(tls_errors);
+        self.apply_tls(plan, &mut problems);
         // One report per policy and Ingress, however many of its paths it covers.
         problems.sort();
         problems.dedup();
@@ -202,6 +231,42 @@ impl Gateway {
         }
         self.ready.store(true, Ordering::Relaxed);
         problems
+    }
+
+    /// Installs a new TLS plan when it differs from the one in force. A plan that does not
+    /// build leaves the previous certificates serving.
+    fn apply_tls(&self, plan: Option<TlsPlan>, problems: &mut Vec<ObjectError>) {
+        let unchanged = self
+            .tls
+            .read()
+            .map(|t| t.as_ref().map(|(p, _)| p) == plan.as_ref())
+            .unwrap_or(false);
+        if unchanged {
+            return;
+        }
+        let next = match plan {
+            None => None,
+            Some(plan) => match plan.build() {
+                Ok(configs) => Some((plan, Arc::new(configs))),
+                Err(e) => {
+                    problems.push(ObjectError {
+                        object: "TLS".into(),
+                        message: format!("{e}; the previous certificates stay in force"),
+                    });
+                    return;
+                }
+            },
+        };
+        if let Ok(mut tls) = self.tls.write() {
+            *tls = next;
+        }
+    }
+
+    /// The TLS configuration for a connection to `sni`: `None` while no certificate is
+    /// configured.
+    pub fn tls_config(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
+        let tls = self.tls.read().ok()?;
+        tls.as_ref().map(|(_, configs)| configs.for_sni(sni))
     }
 
     fn current(&self) -> Arc<Compiled> {
@@ -327,8 +392,10 @@ fn reload(gateway: &Gateway, dir: &std::path::Path) {
 /// A running server.
 #[derive(Debug)]
 pub struct Running {
-    /// The traffic address.
-    pub addr: SocketAddr,
+    /// The plain-HTTP traffic address.
+    pub addr: Option<SocketAddr>,
+    /// The TLS traffic address.
+    pub tls_addr: Option<SocketAddr>,
     /// The admin address.
     pub admin: Option<SocketAddr>,
     /// The gateway.
@@ -363,8 +430,19 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
     if let Source::Manifests(dir) = &options.source {
         reload(&gateway, dir);
     }
-    let listener = TcpListener::bind(options.listen).await?;
-    let addr = listener.local_addr()?;
+    let bind = |a: Option<SocketAddr>| async move {
+        match a {
+            Some(a) => TcpListener::bind(a).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let listener = bind(options.listen).await?;
+    let tls_listener = bind(options.tls_listen).await?;
+    let addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+    let tls_addr = tls_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
     let admin_listener = match options.admin {
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
@@ -404,55 +482,44 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
         });
     }
     let done = {
-        let gateway = gateway.clone();
-        let options = options.clone();
-        tokio::spawn(async move {
-            let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_timeout)
-                .max_headers(128);
-            builder.http2().max_header_list_size(64 * 1024);
-            loop {
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = stopped.changed() => break,
-                };
-                let Ok((stream, peer)) = accepted else {
-                    continue;
-                };
-                let inner = Entry {
-                    gateway: gateway.clone(),
-                    proxies: options.trusted_proxies.clone(),
-                    peer,
-                };
-                let io = TokioIo::new(stream);
-                match &audit {
-                    Some(a) => {
-                        let svc = tower::ServiceBuilder::new()
-                            .layer(AuditLayer::new(a.clone()))
-                            .service(inner);
-                        let conn = builder
-                            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
-                        let conn = graceful.watch(conn.into_owned());
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                    }
-                    None => {
-                        let conn = builder
-                            .serve_connection_with_upgrades(io, TowerToHyperService::new(inner));
-                        let conn = graceful.watch(conn.into_owned());
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                    }
-                }
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_timeout)
+            .max_headers(MAX_HEADERS);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_LIST);
+        let serving = Arc::new(Serving {
+            gateway: gateway.clone(),
+            proxies: options.trusted_proxies.clone(),
+            audit,
+            builder,
+            idle: options.idle_timeout,
+            handshake: options.header_timeout,
+            request_timeout: options.request_timeout,
+        });
+        let mut tasks = Vec::new();
+        for (listener, tls) in [(listener, false), (tls_listener, true)] {
+            if let Some(listener) = listener {
+                tasks.push(tokio::spawn(accept(
+                    listener,
+                    tls,
+                    serving.clone(),
+                    options.drain,
+                    stop.subscribe(),
+                )));
             }
-            drop(listener);
-            let _ = tokio::time::timeout(options.drain, graceful.shutdown()).await;
+        }
+        tokio::spawn(async move {
+            let _ = stopped.changed().await;
+            // Each listener stops accepting and drains its connections.
+            for task in tasks {
+                let _ = task.await;
+            }
+            drop(serving);
             if let Some(task) = audit_task {
                 task.shutdown().await;
             }
@@ -460,6 +527,7 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
     };
     Ok(Running {
         addr,
+        tls_addr,
         admin,
         gateway,
         stop,
@@ -467,12 +535,155 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
     })
 }
 
-/// A connection's entry: resolves the client address, then routes.
+/// Header limits: HTTP/1 header count, HTTP/2 header list size (HTTP/1 heads are also
+/// bounded by hyper's read buffer, 400 KiB).
+const MAX_HEADERS: usize = 128;
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// What every connection is served with.
+struct Serving {
+    gateway: Arc<Gateway>,
+    proxies: TrustedProxies,
+    audit: Option<Audit>,
+    builder: auto::Builder<TokioExecutor>,
+    idle: Duration,
+    handshake: Duration,
+    request_timeout: Duration,
+}
+
+/// Accepts connections on `listener` until stopped.
+async fn accept(
+    listener: TcpListener,
+    tls: bool,
+    serving: Arc<Serving>,
+    drain: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => break,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (serving, watcher) = (serving.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            if !tls {
+                serving.serve(stream, peer, None, watcher).await;
+                return;
+            }
+            match handshake(&serving, stream).await {
+                Some((stream, info)) => serving.serve(stream, peer, Some(info), watcher).await,
+                None => {
+                    serving
+                        .gateway
+                        .metrics
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
+}
+
+/// The TLS handshake with the configuration in force for the client's SNI, within the
+/// handshake timeout. `None`: no certificate is configured, or the handshake failed
+/// (including a client certificate that does not verify).
+async fn handshake(
+    serving: &Serving,
+    stream: tokio::net::TcpStream,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    ConnectionInfo,
+)> {
+    let done = async {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await
+                .ok()?;
+        let config = serving
+            .gateway
+            .tls_config(start.client_hello().server_name())?;
+        let stream = start.into_stream(config).await.ok()?;
+        let info = ConnectionInfo::from_connection(stream.get_ref().1).ok()?;
+        Some((stream, info))
+    };
+    tokio::time::timeout(serving.handshake, done)
+        .await
+        .ok()
+        .flatten()
+}
+
+type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Serving {
+    /// Serves one connection until it closes, goes idle, or the drain ends.
+    async fn serve<I>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        info: Option<ConnectionInfo>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let io = TokioIo::new(Watched::new(io, activity.clone()));
+        let entry = Entry {
+            gateway: self.gateway.clone(),
+            proxies: self.proxies.clone(),
+            peer,
+            info,
+            activity: activity.clone(),
+            request_timeout: self.request_timeout,
+        };
+        let conn: ConnFuture = match &self.audit {
+            Some(a) => {
+                let svc = tower::ServiceBuilder::new()
+                    .layer(AuditLayer::new(a.clone()))
+                    .service(entry);
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+                    .into_owned();
+                Box::pin(async move {
+                    let _ = watcher.watch(conn).await;
+                })
+            }
+            None => {
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(io, TowerToHyperService::new(entry))
+                    .into_owned();
+                Box::pin(async move {
+                    let _ = watcher.watch(conn).await;
+                })
+            }
+        };
+        tokio::select! {
+            () = conn => {}
+            () = activity.idle(self.idle) => {
+                self.gateway.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A connection's entry: resolves the client address, adds what the TLS handshake
+/// established, then routes within the request timeout.
 #[derive(Clone)]
 struct Entry {
     gateway: Arc<Gateway>,
     proxies: TrustedProxies,
     peer: SocketAddr,
+    info: Option<ConnectionInfo>,
+    activity: Arc<Activity>,
+    request_timeout: Duration,
 }
 
 impl<B> tower::Service<Request<B>> for Entry
@@ -496,7 +707,25 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let client = self.proxies.resolve(self.peer, req.headers());
         req.extensions_mut().insert(client);
-        Box::pin(self.gateway.clone().handle(req))
+        if let Some(info) = &self.info {
+            info.insert_into(req.extensions_mut());
+        }
+        let in_flight = self.activity.request();
+        let (gateway, limit) = (self.gateway.clone(), self.request_timeout);
+        Box::pin(async move {
+            let handled = tokio::time::timeout(limit, gateway.clone().handle(req)).await;
+            drop(in_flight);
+            match handled {
+                Ok(response) => response,
+                Err(_) => {
+                    gateway.metrics.request("", 408);
+                    gateway
+                        .metrics
+                        .rejection("gateway", Reason::RequestTimeout.code());
+                    Ok(Problem::new(Reason::RequestTimeout).into_response())
+                }
+            }
+        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! A route's security stack, built once per route-table change from its policy:
-//! rate limit by client → authentication → rate limit by principal → WAF → proxy.
+//! client certificate policy → rate limit by client → authentication → rate limit by principal → WAF → proxy.
 
 use std::convert::Infallible;
 
@@ -7,6 +7,7 @@ use http::{Request, Response};
 use portcullis_authn::{AuthnConfig, AuthnLayer};
 use portcullis_ratelimit::{RateLimitConfig, RateLimitLayer};
 use portcullis_waf::{RequestBody, ResponseBody, WafConfig, WafLayer};
+use portcullis_ztls::ZeroTrustLayer;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -52,6 +53,11 @@ pub fn build(policy: Option<&PolicySpec>, proxy: Proxy) -> Result<RouteService, 
     }
     if let Some(limits) = &policy.rate_limit {
         let layer = rate_limit("rateLimit", limits)?;
+        service = RouteService::new(ServiceBuilder::new().layer(layer).service(service));
+    }
+    if let Some(ztls) = policy.ztls()? {
+        let layer =
+            ZeroTrustLayer::try_from(&ztls.policy).map_err(|e| format!("ztls.policy: {e}"))?;
         service = RouteService::new(ServiceBuilder::new().layer(layer).service(service));
     }
     Ok(service)

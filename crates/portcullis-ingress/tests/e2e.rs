@@ -8,7 +8,6 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,9 +17,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_audit::{AuditConfig, FileSinkConfig, SinkConfig};
-use portcullis_core::TrustedProxies;
-use portcullis_ingress::server::{Options, Source, start};
+use portcullis_ingress::server::{Options, start};
 use portcullis_test_util::FakeUpstream;
+
+mod common;
+use common::{options, write};
 
 const KEY: &str = "sk-e2e";
 
@@ -103,13 +104,6 @@ async fn wait_until<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(f: 
     panic!("timed out");
 }
 
-fn write(dir: &Path, text: &str) {
-    // Written whole, then renamed: the watcher never reads half a file.
-    let tmp = dir.join(".routes.yaml.tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join("routes.yaml")).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_manifests_end_to_end() {
     let upstream = FakeUpstream::start().await.unwrap();
@@ -121,22 +115,15 @@ async fn serves_the_manifests_end_to_end() {
         &manifests(upstream.addr(), "{packs: [ai-guard]}", false),
     );
     let running = start(Options {
-        source: Source::Manifests(manifest_dir.clone()),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: Some("127.0.0.1:0".parse().unwrap()),
-        upstream_timeout: Duration::from_secs(5),
-        header_timeout: Duration::from_secs(5),
-        drain: Duration::from_secs(5),
-        poll: Duration::from_millis(50),
-        trusted_proxies: TrustedProxies::default(),
         audit: Some(AuditConfig {
             sink: SinkConfig::File(FileSinkConfig::new(dir.path().join("audit"))),
             ..AuditConfig::default()
         }),
+        ..options(&manifest_dir)
     })
     .await
     .unwrap();
-    let addr = running.addr;
+    let addr = running.addr.unwrap();
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
 
@@ -254,4 +241,61 @@ async fn serves_the_manifests_end_to_end() {
     let report = portcullis_audit::verify::verify(&files, None).unwrap();
     assert!(report.finding.is_none(), "{report:?}");
     assert!(report.requests >= 7, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_and_idle_connections_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = FakeUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &manifests(upstream.addr(), "{packs: [ai-guard]}", false),
+    );
+    let running = start(Options {
+        upstream_timeout: Duration::from_secs(20),
+        header_timeout: Duration::from_secs(20),
+        request_timeout: Duration::from_millis(700),
+        idle_timeout: Duration::from_millis(700),
+        ..options(dir.path())
+    })
+    .await
+    .unwrap();
+    let addr = running.addr.unwrap();
+
+    // A body that never finishes: the WAF waits for it, the request timeout answers 408.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: api.test\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer))
+        .await
+        .expect("no answer to a stalled body")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("gateway.request_timeout"), "{head}");
+
+    // A connection that sends nothing is closed once idle.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut answer))
+        .await
+        .expect("an idle connection stayed open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let metrics = running.gateway.metrics.render(None);
+    assert!(
+        metrics.contains("portcullis_idle_connections_closed_total 1")
+            || metrics.contains("portcullis_idle_connections_closed_total 2"),
+        "{metrics}"
+    );
+    running.shutdown().await;
 }

@@ -141,6 +141,61 @@ async fn follows_the_cluster() {
         "no relist: {lists_before} -> {lists_after}"
     );
     assert!(watches >= 2);
+    // An invalid policy is reported on the object as a Warning Event, once; the route keeps
+    // serving with what it had.
+    kube.apply(
+        json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "PortcullisPolicy",
+        "metadata": {"name": "broken", "namespace": "ml"},
+        "spec": {"targetRefs": [{"name": "chat"}], "waf": {"packs": ["no-such-pack"]}}}),
+    );
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = kube.events();
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let event = events
+        .iter()
+        .find(|e| e["regarding"]["name"] == "broken")
+        .unwrap_or_else(|| panic!("no event: {events:?}"));
+    assert_eq!(event["regarding"]["kind"], "PortcullisPolicy");
+    assert_eq!(event["type"], "Warning");
+    assert!(event["note"].as_str().unwrap().contains("waf"), "{event}");
+    assert_eq!(
+        status(&client, format!("http://{addr}/v1/models")).await,
+        StatusCode::OK
+    );
+    kube.delete(
+        "portcullis.dev/v1alpha1",
+        "PortcullisPolicy",
+        Some("ml"),
+        "broken",
+    );
+    // A TLS Secret that does not exist is reported on the Ingress (Secrets are watched).
+    let mut with_tls = ingress(&["/v1"]);
+    with_tls["spec"]["tls"] = json!([{"hosts": ["api.test"], "secretName": "missing"}]);
+    kube.apply(with_tls);
+    let mut found = None;
+    for _ in 0..200 {
+        found = kube
+            .events()
+            .into_iter()
+            .find(|e| e["regarding"]["kind"] == "Ingress");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let event = found.expect("no event on the Ingress");
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("ml/missing does not exist"),
+        "{event}"
+    );
     // A deleted Ingress takes its routes with it.
     kube.delete("networking.k8s.io/v1", "Ingress", Some("ml"), "chat");
     eventually(

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::channel::Channel;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -69,6 +69,9 @@ struct Store {
     collections: HashMap<&'static str, Collection>,
     lists: HashMap<String, u64>,
     watches: HashMap<String, u64>,
+    /// Events created (`events.k8s.io/v1`), oldest first; a patch (a repeat) replaces the
+    /// event of the same name.
+    recorded: Vec<Value>,
 }
 
 struct State {
@@ -116,7 +119,7 @@ impl FakeKube {
         let accept_state = Arc::clone(&state);
         let shutdown = crate::upstream::serve_loopback(listener, move |req| {
             let state = Arc::clone(&accept_state);
-            async move { handle(state, req) }
+            async move { handle(state, req).await }
         });
         Ok(Self {
             addr,
@@ -210,6 +213,14 @@ impl FakeKube {
         let _ = self.state.changed.send(());
     }
 
+    /// The Events clients have created (`events.k8s.io/v1`, any namespace), oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        self.state
+            .store
+            .lock()
+            .map_or_else(|_| Vec::new(), |s| s.recorded.clone())
+    }
+
     /// How many lists and watches each collection path has served.
     pub fn requests(&self, path: &str) -> (u64, u64) {
         self.state.store.lock().map_or((0, 0), |s| {
@@ -251,8 +262,39 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     r
 }
 
-fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+/// Records an Event a client creates (POST) or repeats (PATCH).
+async fn record_event(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let patch = req.method() == Method::PATCH;
+    let Ok(body) = req.into_body().collect().await else {
+        return json_response(StatusCode::BAD_REQUEST, &json!({}));
+    };
+    let Ok(event) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return json_response(StatusCode::BAD_REQUEST, &json!({}));
+    };
+    let Ok(mut store) = state.store.lock() else {
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({}));
+    };
+    let name = event["metadata"]["name"].clone();
+    if patch
+        && let Some(old) = store
+            .recorded
+            .iter_mut()
+            .find(|e| e["metadata"]["name"] == name)
+    {
+        *old = event.clone();
+        return json_response(StatusCode::OK, &event);
+    }
+    store.recorded.push(event.clone());
+    json_response(StatusCode::CREATED, &event)
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path.starts_with("/apis/events.k8s.io/v1/namespaces/")
+        && (req.method() == Method::POST || req.method() == Method::PATCH)
+    {
+        return record_event(&state, req).await;
+    }
     let query: HashMap<String, String> = req
         .uri()
         .query()

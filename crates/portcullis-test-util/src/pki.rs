@@ -312,6 +312,26 @@ impl TestCa {
     }
 }
 
+/// A rustls client configuration (aws-lc-rs) trusting `ca` only, presenting `cert` when given,
+/// offering ALPN `http/1.1`.
+///
+/// # Errors
+///
+/// If the CA is not a usable trust anchor, or the certificate and key do not go together.
+pub fn client_config(ca: &TestCa, cert: Option<&TestCert>) -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = Arc::unwrap_or_clone(ca.root_store()?);
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match cert {
+        Some(c) => builder.with_client_auth_cert(c.chain().to_vec(), c.key_der())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Portcullis Tests");

@@ -17,7 +17,6 @@ use portcullis_test_util::pki::{TestCert, TestPki};
 use portcullis_ztls::{ReloadingTls, ZeroTrustPolicy, ZtlsAcceptor, ZtlsConfig, peer_certificate};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -43,25 +42,8 @@ async fn server(tls: Arc<ReloadingTls>) -> SocketAddr {
 }
 
 fn client(pki: &TestPki, cert: Option<&TestCert>, resume: bool) -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(
-            rustls::pki_types::CertificateDer::from_pem_slice(pki.root().cert_pem().as_bytes())
-                .unwrap(),
-        )
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(c.chain().to_vec(), c.key_der())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
+    let mut config = portcullis_test_util::pki::client_config(pki.root(), cert).unwrap();
+    config.alpn_protocols.clear();
     config.resumption = if resume {
         Resumption::default()
     } else {

@@ -71,6 +71,13 @@ pub struct HostTrustConfig {
     pub hosts: Vec<String>,
     /// CA bundles (PEM) trusted for client certificates on these hosts.
     pub trust_bundles: Vec<PathBuf>,
+    /// Client authentication for these hosts, when it differs from the global
+    /// [`ZtlsConfig::client_auth`] (for example `required` here, `off` everywhere else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// CRLs for these hosts, replacing the global [`ZtlsConfig::crls`] when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 /// The TLS side of the zero-trust server: what the files are and how they are used.
@@ -149,6 +156,9 @@ impl FileSet {
         for (i, h) in config.host_trust.iter().enumerate() {
             for (j, p) in h.trust_bundles.iter().enumerate() {
                 read(format!("hostTrust[{i}].trustBundles[{j}]"), p)?;
+            }
+            for (j, p) in h.crls.iter().enumerate() {
+                read(format!("hostTrust[{i}].crls[{j}]"), p)?;
             }
         }
         for (i, p) in config.crls.iter().enumerate() {
@@ -367,12 +377,13 @@ fn root_store(
 }
 
 fn crls(
-    config: &ZtlsConfig,
+    field: &str,
+    paths: &[PathBuf],
     files: &FileSet,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, ZtlsError> {
     let mut out = Vec::new();
-    for (i, path) in config.crls.iter().enumerate() {
-        let field = format!("crls[{i}]");
+    for (i, path) in paths.iter().enumerate() {
+        let field = format!("{field}[{i}]");
         let before = out.len();
         for crl in CertificateRevocationListDer::pem_slice_iter(files.get(path)) {
             out.push(crl.map_err(|e| {
@@ -398,6 +409,7 @@ fn crls(
 
 fn server_config(
     config: &ZtlsConfig,
+    mode: ClientAuth,
     resolver: Arc<SniResolver>,
     bundles: Option<(&str, &[PathBuf])>,
     crl_list: &[CertificateRevocationListDer<'static>],
@@ -407,7 +419,7 @@ fn server_config(
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ZtlsError::Tls(e.to_string()))?;
-    let builder = match (config.client_auth, bundles) {
+    let builder = match (mode, bundles) {
         (ClientAuth::Off, _) => builder.with_no_client_auth(),
         (_, None) => {
             return Err(ConfigError::new(
@@ -450,6 +462,21 @@ impl ServerConfigs {
     /// configuration is inconsistent; the error names the field and the file.
     pub fn load(config: &ZtlsConfig) -> Result<Self, ZtlsError> {
         Self::build(config, &FileSet::read(config)?)
+    }
+
+    /// Builds the configurations from `config` with the files' contents given: `contents`
+    /// maps each path the configuration names to its bytes (for certificates held elsewhere
+    /// than in files, such as Kubernetes Secrets, under names of the caller's choosing).
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load); a path missing from `contents` is read as empty, and so
+    /// reported as holding no certificate, key, or CRL.
+    pub fn from_contents(
+        config: &ZtlsConfig,
+        contents: BTreeMap<PathBuf, Vec<u8>>,
+    ) -> Result<Self, ZtlsError> {
+        Self::build(config, &FileSet { files: contents })
     }
 
     pub(crate) fn build(config: &ZtlsConfig, files: &FileSet) -> Result<Self, ZtlsError> {
@@ -504,10 +531,17 @@ impl ServerConfigs {
                 .transpose()?;
         }
         let resolver = Arc::new(resolver);
-        let crl_list = crls(config, files)?;
+        let crl_list = crls("crls", &config.crls, files)?;
         let global = (!config.trust_bundles.is_empty())
             .then_some(("trustBundles", config.trust_bundles.as_slice()));
-        let default = server_config(config, Arc::clone(&resolver), global, &crl_list, files)?;
+        let default = server_config(
+            config,
+            config.client_auth,
+            Arc::clone(&resolver),
+            global,
+            &crl_list,
+            files,
+        )?;
         let mut per_host = Vec::with_capacity(config.host_trust.len());
         for (i, h) in config.host_trust.iter().enumerate() {
             let hosts = h
@@ -525,11 +559,17 @@ impl ServerConfigs {
                 .into());
             }
             let field = format!("hostTrust[{i}].trustBundles");
+            let host_crls = if h.crls.is_empty() {
+                crl_list.clone()
+            } else {
+                crls(&format!("hostTrust[{i}].crls"), &h.crls, files)?
+            };
             let cfg = server_config(
                 config,
+                h.client_auth.unwrap_or(config.client_auth),
                 Arc::clone(&resolver),
                 Some((&field, &h.trust_bundles)),
-                &crl_list,
+                &host_crls,
                 files,
             )?;
             per_host.push((hosts, cfg));

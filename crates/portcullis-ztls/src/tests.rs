@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use portcullis_core::{PeerCertificate, TlsInfo};
-use portcullis_test_util::pki::{CLIENT_SPIFFE_ID, LeafSpec, TestCert, TestPki};
+use portcullis_test_util::pki::{CLIENT_SPIFFE_ID, LeafSpec, TestCa, TestCert, TestPki};
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
@@ -104,24 +104,8 @@ async fn start(config: ZtlsConfig, policy: ZeroTrustPolicy) -> Server {
     Server { addr, tls }
 }
 
-fn client_config(root_pem: &str, cert: Option<&TestCert>) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match cert {
-        Some(c) => builder
-            .with_client_auth_cert(c.chain().to_vec(), c.key_der())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+fn client_config(root: &TestCa, cert: Option<&TestCert>) -> Arc<rustls::ClientConfig> {
+    Arc::new(portcullis_test_util::pki::client_config(root, cert).unwrap())
 }
 
 struct Connection {
@@ -187,7 +171,7 @@ async fn valid_client_gets_through_with_its_identity() {
     let (status, body) = request(
         server.addr,
         "localhost",
-        client_config(pki.root().cert_pem(), Some(pki.client())),
+        client_config(pki.root(), Some(pki.client())),
     )
     .await
     .unwrap();
@@ -249,7 +233,7 @@ async fn bad_client_certificates_are_refused_in_the_handshake() {
     let pki = TestPki::generate().unwrap();
     let files = Files::new(&pki);
     let server = start(files.config(), ZeroTrustPolicy::require_certificate()).await;
-    let root = pki.root().cert_pem();
+    let root = pki.root();
     let no_eku = pki
         .intermediate()
         .issue(
@@ -294,7 +278,7 @@ async fn policy_violations_get_403() {
         .allow_spiffe_prefix("spiffe://portcullis.test/ns/default".parse().unwrap())
         .allow_dns_san("*.clients.portcullis.test");
     let server = start(files.config(), policy).await;
-    let root = pki.root().cert_pem();
+    let root = pki.root();
     let good = pki
         .intermediate()
         .issue(
@@ -339,7 +323,7 @@ async fn optional_client_auth_defers_to_the_route_policy() {
     let files = Files::new(&pki);
     let mut config = files.config();
     config.client_auth = ClientAuth::Optional;
-    let root = pki.root().cert_pem();
+    let root = pki.root();
     let strict = start(config.clone(), ZeroTrustPolicy::require_certificate()).await;
     let (status, body) = request(strict.addr, "localhost", client_config(root, None))
         .await
@@ -389,7 +373,7 @@ async fn sni_selects_the_certificate_and_the_trust_bundle() {
     }))
     .unwrap();
     let server = start(config, ZeroTrustPolicy::require_certificate()).await;
-    let root = pki.root().cert_pem();
+    let root = pki.root();
     let conn = connect(
         server.addr,
         "api.portcullis.test",
@@ -443,7 +427,7 @@ async fn a_replaced_trust_bundle_applies_to_new_connections_only() {
     let mut open = connect(
         server.addr,
         "localhost",
-        client_config(pki.root().cert_pem(), Some(pki.client())),
+        client_config(pki.root(), Some(pki.client())),
     )
     .await
     .unwrap();
@@ -465,9 +449,9 @@ async fn a_replaced_trust_bundle_applies_to_new_connections_only() {
     // The open connection keeps working.
     assert_eq!(get(&mut open).await.unwrap().0, StatusCode::OK);
     // New connections use the new bundle. (The server certificate is still the old PKI's.)
-    let old_client = client_config(pki.root().cert_pem(), Some(pki.client()));
+    let old_client = client_config(pki.root(), Some(pki.client()));
     assert!(request(server.addr, "localhost", old_client).await.is_err());
-    let new_client = client_config(pki.root().cert_pem(), Some(next.client()));
+    let new_client = client_config(pki.root(), Some(next.client()));
     assert_eq!(
         request(server.addr, "localhost", new_client)
             .await
@@ -482,7 +466,7 @@ async fn a_rotated_server_certificate_is_served_to_new_connections() {
     let pki = TestPki::generate().unwrap();
     let files = Files::new(&pki);
     let server = start(files.config(), ZeroTrustPolicy::require_certificate()).await;
-    let client = || client_config(pki.root().cert_pem(), Some(pki.client()));
+    let client = || client_config(pki.root(), Some(pki.client()));
     let mut open = connect(server.addr, "localhost", client()).await.unwrap();
     assert_eq!(open.server_cert, pki.server().cert_der().to_vec());
     let renewed = pki
@@ -502,7 +486,7 @@ async fn a_corrupt_bundle_keeps_the_old_one_in_force() {
     let pki = TestPki::generate().unwrap();
     let files = Files::new(&pki);
     let server = start(files.config(), ZeroTrustPolicy::require_certificate()).await;
-    let client = || client_config(pki.root().cert_pem(), Some(pki.client()));
+    let client = || client_config(pki.root(), Some(pki.client()));
     write(
         &files.path("ca.crt"),
         "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
@@ -564,7 +548,7 @@ async fn the_watcher_picks_up_changes() {
     .await
     .expect("the watcher reloads within the timeout");
     watcher.abort();
-    let new_client = client_config(pki.root().cert_pem(), Some(next.client()));
+    let new_client = client_config(pki.root(), Some(next.client()));
     assert_eq!(
         request(server.addr, "localhost", new_client)
             .await
