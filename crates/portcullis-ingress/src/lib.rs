@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod routes;
+pub mod secrets;
 pub mod server;
 pub mod stack;
 pub mod tls;

@@ -143,12 +143,20 @@ impl Gateway {
         let mut stacks = HashMap::new();
         for (host, route) in table.routes() {
             let key = route.key(host);
+            // The policy with its Secret references resolved: a changed Secret rebuilds.
+            let resolved = route.policy.as_ref().map(|(_, spec)| {
+                crate::secrets::resolve(spec, &route.namespace, &snapshot.secrets)
+            });
             let fingerprint = format!(
                 "{:?}|{}|{:?}",
                 route
                     .policy
                     .as_ref()
-                    .map(|(n, spec)| (n, serde_json::to_string(&**spec).unwrap_or_default())),
+                    .map(|(n, _)| n)
+                    .zip(resolved.as_ref().map(|r| {
+                        r.as_ref()
+                            .map(|spec| serde_json::to_string(spec).unwrap_or_default())
+                    })),
                 route.backend.name,
                 route.backend.endpoints
             );
@@ -169,7 +177,12 @@ impl Gateway {
                 route.backend.clone(),
                 self.upstream_timeout,
             );
-            let built = match build(route.policy.as_ref().map(|(_, s)| &**s), proxy) {
+            let stack = match &resolved {
+                None => build(None, proxy),
+                Some(Ok(spec)) => build(Some(spec), proxy),
+                Some(Err(message)) => Err(message.clone()),
+            };
+            let built = match stack {
                 Ok(service) => Built {
                     service,
                     fingerprint,

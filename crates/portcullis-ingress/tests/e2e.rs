@@ -31,25 +31,9 @@ fn manifests(upstream: SocketAddr, waf: &str, extra_path: bool) -> String {
     } else {
         ""
     };
+    let backend = portcullis_test_util::loopback_backend_yaml("ml", "mock", upstream.port());
     format!(
-        r#"apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata: {{name: portcullis}}
-spec: {{controller: portcullis.dev/ingress-controller}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: mock, namespace: ml}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: mock-1, namespace: ml, labels: {{kubernetes.io/service-name: mock}}}}
-addressType: IPv4
-ports: [{{name: http, port: {port}}}]
-endpoints: [{{addresses: ["127.0.0.1"], conditions: {{ready: true}}}}]
----
-apiVersion: networking.k8s.io/v1
+        r#"{backend}apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {{name: chat, namespace: ml}}
 spec:
@@ -64,10 +48,17 @@ kind: PortcullisPolicy
 metadata: {{name: chat-policy, namespace: ml}}
 spec:
   targetRefs: [{{name: chat}}]
-  authn: {{apiKeys: {{keys: [{{id: e2e, sha256: "{hash}", subject: e2e-user}}]}}}}
+  authn: {{apiKeys: {{keys: {{secretKeyRef: {{name: api-keys, key: keys.yaml, as: yaml}}}}}}}}
   waf: {waf}
+---
+# The key hashes live in a Secret the policy references.
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-keys, namespace: ml}}
+stringData:
+  keys.yaml: |
+    - {{id: e2e, sha256: "{hash}", subject: e2e-user}}
 "#,
-        port = upstream.port(),
         hash = portcullis_authn::hash_api_key(KEY),
     )
 }

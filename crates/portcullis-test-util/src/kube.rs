@@ -407,3 +407,29 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     });
     response
 }
+
+/// Manifests for a backend on loopback: the `portcullis` IngressClass, Service `service` (port
+/// 80, named `http`) in `namespace`, and its EndpointSlice with one ready endpoint,
+/// `127.0.0.1:port`. Multi-document YAML, ending with a separator for the caller's documents.
+pub fn loopback_backend_yaml(namespace: &str, service: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: portcullis}}
+spec: {{controller: portcullis.dev/ingress-controller}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {service}, namespace: {namespace}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {service}-1, namespace: {namespace}, labels: {{kubernetes.io/service-name: {service}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: ["127.0.0.1"], conditions: {{ready: true}}}}]
+---
+"#
+    )
+}

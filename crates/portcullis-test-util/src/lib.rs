@@ -21,7 +21,7 @@ pub mod upstream;
 
 pub use docs::DocumentServer;
 pub use jwt::{JwtKey, JwtKeys, TokenBuilder};
-pub use kube::FakeKube;
+pub use kube::{FakeKube, loopback_backend_yaml};
 pub use pki::{LeafSpec, TestCa, TestCert, TestCrl, TestPki};
 pub use upstream::FakeUpstream;
 
