@@ -94,6 +94,9 @@ struct Serve {
     /// Seconds a connection may stay open with no bytes moving and no request waiting.
     #[arg(long, default_value_t = 300)]
     idle_timeout: u64,
+    /// Worker threads (0: one per core the process may run on).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Seconds in-flight requests may take to finish at shutdown.
     #[arg(long, default_value_t = 30)]
     drain: u64,
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
                 config
             });
             let manifests = serve.manifests.clone();
+            let requested_workers = serve.workers;
             let options = |source| Options {
                 source,
                 listen: (!serve.no_plain_listener).then_some(serve.listen),
@@ -138,7 +142,22 @@ fn main() -> ExitCode {
                 trusted_proxies: TrustedProxies::new(serve.trusted_proxies),
                 audit,
             };
-            let Ok(runtime) = tokio::runtime::Runtime::new() else {
+            let workers = match requested_workers {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            };
+            // One core: a single-threaded scheduler, without work-stealing's bookkeeping.
+            let runtime = if workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .enable_all()
+                    .build()
+            };
+            let Ok(runtime) = runtime else {
                 eprintln!("portcullis: cannot start the runtime");
                 return ExitCode::FAILURE;
             };

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upstream latency buckets, in seconds.
@@ -11,10 +11,33 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The responses of one route, by status: counted without a lock.
+#[derive(Debug)]
+pub struct RouteCounters {
+    /// Index: status − 100 (100..=599).
+    by_status: Box<[AtomicU64]>,
+}
+
+impl RouteCounters {
+    fn new() -> Self {
+        Self {
+            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Counts a response.
+    pub fn count(&self, status: u16) {
+        if let Some(c) = self.by_status.get(usize::from(status.saturating_sub(100))) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Per route (empty: no route), kept across rebuilds.
+    requests: Mutex<BTreeMap<String, Arc<RouteCounters>>>,
     rejections: Mutex<BTreeMap<(String, String), u64>>,
     waf_rules: Mutex<BTreeMap<u32, u64>>,
     tokens: Mutex<BTreeMap<String, u64>>,
@@ -35,9 +58,20 @@ fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, by: u64) {
 }
 
 impl Metrics {
+    /// The counters of `route` (empty: no route), made on first use.
+    pub fn route(&self, route: &str) -> Arc<RouteCounters> {
+        match self.requests.lock() {
+            Ok(mut m) => m
+                .entry(route.to_owned())
+                .or_insert_with(|| Arc::new(RouteCounters::new()))
+                .clone(),
+            Err(_) => Arc::new(RouteCounters::new()),
+        }
+    }
+
     /// Counts a response of `route` (empty: no route).
     pub fn request(&self, route: &str, status: u16) {
-        bump(&self.requests, (route.to_owned(), status), 1);
+        self.route(route).count(status);
     }
 
     /// Counts a rejection by layer and reason code.
@@ -79,12 +113,17 @@ impl Metrics {
             "# HELP portcullis_requests_total Responses by route and status.\n# TYPE portcullis_requests_total counter"
         );
         if let Ok(m) = self.requests.lock() {
-            for ((route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "portcullis_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                    escape(route)
-                );
+            for (route, counters) in m.iter() {
+                for (status, n) in (100u16..).zip(counters.by_status.iter()) {
+                    let n = n.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "portcullis_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                            escape(route)
+                        );
+                    }
+                }
             }
         }
         let _ = writeln!(

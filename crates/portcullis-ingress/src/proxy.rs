@@ -35,10 +35,16 @@ pub fn client() -> UpstreamClient {
 pub struct Proxy {
     client: UpstreamClient,
     backend: Arc<Backend>,
+    /// The endpoints as URI authorities, made once.
+    authorities: Arc<[http::uri::Authority]>,
     next: Arc<AtomicUsize>,
     /// How long the upstream has to send its response head.
     timeout: Duration,
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,9 +57,15 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// A proxy to `backend`.
     pub fn new(client: UpstreamClient, backend: Arc<Backend>, timeout: Duration) -> Self {
+        let authorities = backend
+            .endpoints
+            .iter()
+            .filter_map(|e| http::uri::Authority::try_from(e.to_string()).ok())
+            .collect();
         Self {
             client,
             backend,
+            authorities,
             next: Arc::new(AtomicUsize::new(0)),
             timeout,
         }
@@ -61,32 +73,37 @@ impl Proxy {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        // Looking first is cheaper than removing: most messages carry none of them.
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -100,11 +117,11 @@ impl tower::Service<Request<BoxBody>> for Proxy {
     }
 
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
-        let endpoints = &self.backend.endpoints;
-        let Some(endpoint) = (!endpoints.is_empty())
-            .then(|| endpoints.get(self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()))
+        let authorities = &self.authorities;
+        let Some(authority) = (!authorities.is_empty())
+            .then(|| authorities.get(self.next.fetch_add(1, Ordering::Relaxed) % authorities.len()))
             .flatten()
-            .copied()
+            .cloned()
         else {
             return Box::pin(async {
                 Ok(Problem::new(Reason::UpstreamUnavailable).into_response())
@@ -118,17 +135,16 @@ impl tower::Service<Request<BoxBody>> for Proxy {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-            let path = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_owned();
-            let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(endpoint.to_string())
-                .path_and_query(path)
-                .build()
-            else {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(
+                req.uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            let Ok(uri) = Uri::from_parts(parts) else {
                 return Ok(Problem::new(Reason::MalformedRequest).into_response());
             };
             *req.uri_mut() = uri;
@@ -138,20 +154,20 @@ impl tower::Service<Request<BoxBody>> for Proxy {
             let headers = req.headers_mut();
             strip_hop_by_hop(headers);
             if let Some(ip) = client_ip {
-                let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                     Some(prior) => format!("{prior}, {ip}"),
                     None => ip.to_string(),
                 };
                 if let Ok(v) = HeaderValue::from_str(&xff) {
-                    headers.insert("x-forwarded-for", v);
+                    headers.insert(X_FORWARDED_FOR, v);
                 }
             }
             headers.insert(
-                "x-forwarded-proto",
+                X_FORWARDED_PROTO,
                 HeaderValue::from_static(if https { "https" } else { "http" }),
             );
             if let Some(host) = host {
-                headers.insert("x-forwarded-host", host.clone());
+                headers.insert(X_FORWARDED_HOST, host.clone());
                 headers.insert(header::HOST, host);
             }
             let started = Instant::now();

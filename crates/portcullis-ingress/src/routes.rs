@@ -90,6 +90,9 @@ pub struct Route {
     pub backend: Arc<Backend>,
     /// The policy that applies, by name, with its spec.
     pub policy: Option<(String, Arc<PolicySpec>)>,
+    /// The route's number in its table (0..[`RouteTable::len`]), to find what was built for
+    /// it without hashing its key on every request.
+    pub id: usize,
 }
 
 impl Route {
@@ -166,6 +169,7 @@ impl RouteTable {
                         path: PathMatch::Prefix(Vec::new()),
                         backend,
                         policy: policy.clone(),
+                        id: 0,
                     });
                 }
             }
@@ -213,6 +217,7 @@ impl RouteTable {
                         path: matcher,
                         backend,
                         policy: policy.clone(),
+                        id: 0,
                     };
                     match host.as_deref() {
                         None => table.any.push(route),
@@ -236,7 +241,27 @@ impl RouteTable {
         table.exact.values_mut().for_each(order);
         table.wildcard.values_mut().for_each(order);
         order(&mut table.any);
+        let all = table
+            .exact
+            .values_mut()
+            .flatten()
+            .chain(table.wildcard.values_mut().flatten())
+            .chain(table.any.iter_mut())
+            .chain(table.default.iter_mut());
+        for (id, route) in all.enumerate() {
+            route.id = id;
+        }
         table
+    }
+
+    /// How many routes the table has (their ids are `0..len`).
+    pub fn len(&self) -> usize {
+        self.routes().count()
+    }
+
+    /// Whether the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The route for a request to `host` (the `Host` header or URI authority, port allowed)

@@ -90,11 +90,17 @@ struct Built {
     /// counters, caches) is kept across rebuilds.
     fingerprint: String,
     info: Option<RouteInfo>,
+    /// The route's name (its Ingress) and response counters.
+    name: Arc<str>,
+    counters: Arc<crate::metrics::RouteCounters>,
 }
 
 struct Compiled {
     table: RouteTable,
+    /// By route key, to keep stacks across rebuilds.
     stacks: HashMap<String, Arc<Built>>,
+    /// By route id, for requests.
+    by_id: Vec<Option<Arc<Built>>>,
 }
 
 /// The ingress: its route table and stacks, swapped atomically when the objects change.
@@ -123,6 +129,7 @@ impl Gateway {
             state: RwLock::new(Arc::new(Compiled {
                 table: RouteTable::default(),
                 stacks: HashMap::new(),
+                by_id: Vec::new(),
             })),
             client: crate::proxy::client(),
             upstream_timeout,
@@ -187,6 +194,8 @@ impl Gateway {
                     service,
                     fingerprint,
                     info,
+                    name: route.ingress.as_str().into(),
+                    counters: self.metrics.route(&route.ingress),
                 },
                 Err(message) => {
                     let policy = route.policy.as_ref().map_or("", |(n, _)| n.as_str());
@@ -219,6 +228,8 @@ impl Gateway {
                         )),
                         fingerprint: String::new(),
                         info,
+                        name: route.ingress.as_str().into(),
+                        counters: self.metrics.route(&route.ingress),
                     }
                 }
             };
@@ -239,8 +250,18 @@ impl Gateway {
         self.metrics
             .invalid_objects
             .store(problems.len() as u64, Ordering::Relaxed);
+        let mut by_id = vec![None; table.len()];
+        for (host, route) in table.routes() {
+            if let Some(slot) = by_id.get_mut(route.id) {
+                *slot = stacks.get(&route.key(host)).cloned();
+            }
+        }
         if let Ok(mut state) = self.state.write() {
-            *state = Arc::new(Compiled { table, stacks });
+            *state = Arc::new(Compiled {
+                table,
+                stacks,
+                by_id,
+            });
         }
         self.ready.store(true, Ordering::Relaxed);
         problems
@@ -304,15 +325,15 @@ impl Gateway {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or_default()
-            .to_owned();
-        let matched = state.table.find(&host, req.uri().path()).and_then(|m| {
+            .unwrap_or_default();
+        let matched = state.table.find(host, req.uri().path()).and_then(|m| {
             state
-                .stacks
-                .get(&m.route.key(m.host))
-                .map(|b| (m.route.ingress.clone(), b.clone()))
+                .by_id
+                .get(m.route.id)
+                .and_then(Option::as_ref)
+                .cloned()
         });
-        let Some((route, built)) = matched else {
+        let Some(built) = matched else {
             self.metrics.request("", 404);
             self.metrics.rejection("gateway", Reason::NoRoute.code());
             return Ok(Problem::new(Reason::NoRoute).into_response());
@@ -326,7 +347,7 @@ impl Gateway {
             response.extensions_mut().insert(info.clone());
         }
         let ext = response.extensions();
-        self.metrics.request(&route, response.status().as_u16());
+        built.counters.count(response.status().as_u16());
         if let Some(r) = ext.get::<Rejection>() {
             self.metrics
                 .rejection(r.layer().as_str(), r.reason().code());
@@ -335,7 +356,7 @@ impl Gateway {
             self.metrics.waf_rules(v.matched_rules());
         }
         if let Some(t) = ext.get::<TokenUsage>() {
-            self.metrics.tokens(&route, t.total());
+            self.metrics.tokens(&built.name, t.total());
         }
         if let Some(u) = ext.get::<UpstreamLatency>() {
             self.metrics.upstream(u.0);
