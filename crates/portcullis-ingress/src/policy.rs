@@ -42,6 +42,11 @@ pub struct PolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub principal_rate_limit: Option<serde_json::Value>,
+    /// LLM token budgets (`portcullis-ratelimit`'s `TokenBudgetConfig`), applied after
+    /// authentication (by default per subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub token_budget: Option<serde_json::Value>,
     /// The WAF (`portcullis-waf`'s `WafConfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
@@ -67,7 +72,7 @@ pub struct PolicySpec {
 /// client certificates are verified during the handshake for those names. The `policy` is
 /// also enforced on every request of the routes, so a request that reaches them any other way
 /// (another SNI name, the plain listener) is refused.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZtlsSection {
     /// Whether the handshake requires a client certificate.

@@ -40,6 +40,7 @@ pub fn resolve(
         ("authn", &mut out.authn),
         ("rateLimit", &mut out.rate_limit),
         ("principalRateLimit", &mut out.principal_rate_limit),
+        ("tokenBudget", &mut out.token_budget),
         ("waf", &mut out.waf),
         ("ztls", &mut out.ztls),
     ];

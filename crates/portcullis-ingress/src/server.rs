@@ -29,7 +29,7 @@ use crate::manifests::Snapshot;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamClient};
 use crate::routes::{ObjectError, RouteTable};
-use crate::stack::{RouteService, build};
+use crate::stack::{Layers, RouteService, build};
 use crate::tls::TlsPlan;
 use portcullis_ztls::{ConnectionInfo, ServerConfigs};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -93,6 +93,8 @@ struct Built {
     /// The route's name (its Ingress) and response counters.
     name: Arc<str>,
     counters: Arc<crate::metrics::RouteCounters>,
+    /// The policy layers the stack uses.
+    layers: Layers,
 }
 
 struct Compiled {
@@ -114,6 +116,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// The TLS plan in force and its built configurations.
     tls: RwLock<Option<(TlsPlan, Arc<ServerConfigs>)>>,
+    /// The policy layers in use, reused while their section is unchanged.
+    layers: std::sync::Mutex<Layers>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -137,6 +141,7 @@ impl Gateway {
             audit,
             ready: AtomicBool::new(false),
             tls: RwLock::new(None),
+            layers: std::sync::Mutex::new(Layers::default()),
         })
     }
 
@@ -148,6 +153,8 @@ impl Gateway {
         let mut problems: Vec<ObjectError> = table.errors.clone();
         let previous = self.current();
         let mut stacks = HashMap::new();
+        // The layers built so far, this rebuild's added as they are made.
+        let mut cache = self.layers.lock().map(|l| l.clone()).unwrap_or_default();
         for (host, route) in table.routes() {
             let key = route.key(host);
             // The policy with its Secret references resolved: a changed Secret rebuilds.
@@ -184,18 +191,20 @@ impl Gateway {
                 route.backend.clone(),
                 self.upstream_timeout,
             );
+            let policy_name = route.policy.as_ref().map_or("", |(n, _)| n.as_str());
             let stack = match &resolved {
-                None => build(None, proxy),
-                Some(Ok(spec)) => build(Some(spec), proxy),
+                None => build(None, proxy, &mut cache),
+                Some(Ok(spec)) => build(Some((policy_name, spec)), proxy, &mut cache),
                 Some(Err(message)) => Err(message.clone()),
             };
             let built = match stack {
-                Ok(service) => Built {
+                Ok((service, layers)) => Built {
                     service,
                     fingerprint,
                     info,
                     name: route.ingress.as_str().into(),
                     counters: self.metrics.route(&route.ingress),
+                    layers,
                 },
                 Err(message) => {
                     let policy = route.policy.as_ref().map_or("", |(n, _)| n.as_str());
@@ -230,10 +239,19 @@ impl Gateway {
                         info,
                         name: route.ingress.as_str().into(),
                         counters: self.metrics.route(&route.ingress),
+                        layers: Layers::default(),
                     }
                 }
             };
             stacks.insert(key, Arc::new(built));
+        }
+        // Keep the layers the routes use; those of removed or changed sections go.
+        let mut kept = Layers::default();
+        for built in stacks.values() {
+            kept.extend(&built.layers);
+        }
+        if let Ok(mut layers) = self.layers.lock() {
+            *layers = kept;
         }
         let previous_tls = self
             .tls

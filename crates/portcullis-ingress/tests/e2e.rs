@@ -290,3 +290,132 @@ async fn slow_requests_and_idle_connections_are_cut_off() {
     );
     running.shutdown().await;
 }
+
+/// JWT authentication, a client rate limit and a token budget, each on its own Ingress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_rate_limits_and_token_budgets() {
+    let upstream = FakeUpstream::start().await.unwrap();
+    let keys = portcullis_test_util::JwtKeys::generate().unwrap();
+    let jwks: serde_json::Value = serde_json::from_str(&keys.jwks_json().unwrap()).unwrap();
+    let token = keys
+        .es256()
+        .token()
+        .issuer("https://issuer.e2e")
+        .audience("models")
+        .subject("alice")
+        .expires_in(3600)
+        .sign()
+        .unwrap();
+    let ingress = |name: &str, host: &str| {
+        serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "ml"},
+            "spec": {"ingressClassName": "portcullis", "rules": [{"host": host, "http": {"paths": [
+                {"path": "/v1", "pathType": "Prefix",
+                 "backend": {"service": {"name": "mock", "port": {"number": 80}}}},
+                {"path": "/v2", "pathType": "Prefix",
+                 "backend": {"service": {"name": "mock", "port": {"number": 80}}}}]}}]}})
+    };
+    let authn = serde_json::json!({"jwt": {"issuers": [{"issuer": "https://issuer.e2e",
+        "audiences": ["models"], "algorithms": ["ES256"], "jwks": {"inline": jwks}}]}});
+    let policy = |name: &str, spec: serde_json::Value| {
+        let mut spec = spec;
+        spec["targetRefs"] = serde_json::json!([{"name": name}]);
+        serde_json::json!({"apiVersion": "portcullis.dev/v1alpha1", "kind": "PortcullisPolicy",
+            "metadata": {"name": name, "namespace": "ml"}, "spec": spec})
+    };
+    let limited = |waf: bool| {
+        let mut spec = serde_json::json!({"authn": authn, "rateLimit": {"policies": [
+            {"name": "per-client", "key": "clientIp", "requests": 3, "per": "1m", "burst": 3}]}});
+        if waf {
+            spec["waf"] = serde_json::json!({"packs": ["ai-guard"]});
+        }
+        policy("limited", spec)
+    };
+    let mut docs = vec![
+        ingress("limited", "limited.test"),
+        ingress("budgeted", "budgeted.test"),
+        limited(false),
+        policy(
+            "budgeted",
+            serde_json::json!({"authn": authn, "tokenBudget": {
+                "budgets": [{"window": "minute", "tokens": 300}]}}),
+        ),
+    ];
+    let yaml = |docs: &[serde_json::Value]| {
+        portcullis_test_util::loopback_backend_yaml("ml", "mock", upstream.addr().port())
+            + &docs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &yaml(&docs));
+    let running = start(options(dir.path())).await.unwrap();
+    let addr = running.addr.unwrap();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request_to = |host: &str, path: &str, bearer: Option<&str>, max_tokens: u64| {
+        let body = serde_json::json!({"model": "m", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "hello"}]});
+        let mut r = Request::post(format!("http://{addr}{path}"))
+            .header("host", host)
+            .header("content-type", "application/json");
+        if let Some(t) = bearer {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    };
+    let request = |host: &str, bearer: Option<&str>, max_tokens: u64| {
+        request_to(host, "/v1/chat/completions", bearer, max_tokens)
+    };
+
+    // No token, a forged one, then the real one.
+    let (status, _, body) = send(&client, request("limited.test", None, 10)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let (status, _, _) = send(&client, request("limited.test", Some(&forged), 10)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The client's burst of 3 (the two refused requests counted too), then 429.
+    let (status, _, body) = send(&client, request("limited.test", Some(&token), 10)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, headers, body) = send(&client, request("limited.test", Some(&token), 10)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("ratelimit.exceeded"), "{body}");
+    assert!(headers.contains_key("retry-after"));
+    // The policy's routes share its limiter: the other path is limited too.
+    let (status, _, _) = send(
+        &client,
+        request_to("limited.test", "/v2/x", Some(&token), 10),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Another section of the policy changes: the rate limiter, unchanged, keeps its state.
+    let reloads = running.gateway.metrics.render(None);
+    docs[2] = limited(true);
+    write(dir.path(), &yaml(&docs));
+    wait_until(|| {
+        let before = reloads.clone();
+        let metrics = &running.gateway.metrics;
+        let now = metrics.render(None);
+        async move { now != before && now.contains("portcullis_route_table_reloads_total 2") }
+    })
+    .await;
+    let (status, _, body) = send(&client, request("limited.test", Some(&token), 10)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+
+    // The token budget: a request that cannot fit is refused before the model is called.
+    let hits = upstream.hits();
+    let (status, _, body) = send(&client, request("budgeted.test", Some(&token), 5000)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("ratelimit.token_budget_exceeded"), "{body}");
+    assert_eq!(upstream.hits(), hits);
+    let (status, _, body) = send(&client, request("budgeted.test", Some(&token), 20)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = running.gateway.metrics.render(None);
+    assert!(
+        metrics.contains(r#"portcullis_requests_total{route="ml/limited",status="429"} 3"#),
+        "{metrics}"
+    );
+    running.shutdown().await;
+}

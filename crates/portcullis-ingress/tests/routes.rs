@@ -321,7 +321,12 @@ fn the_example_manifests_parse() {
                 }),
                 std::time::Duration::from_secs(1),
             );
-            if let Err(e) = portcullis_ingress::stack::build(Some(&policy.spec), proxy) {
+            let mut layers = portcullis_ingress::stack::Layers::default();
+            if let Err(e) = portcullis_ingress::stack::build(
+                Some(("example", &policy.spec)),
+                proxy,
+                &mut layers,
+            ) {
                 panic!("{file}: {e}");
             }
         }
