@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[allow(dead_code, reason = "each test binary uses some of the helpers")]
 mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,14 +42,7 @@ async fn sigterm_drains_the_stream_in_flight() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (addr, _) = common::serving_addresses(&line);
 
     // A stream of 40 events, 25 ms apart (about a second).
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();

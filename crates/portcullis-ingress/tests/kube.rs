@@ -21,6 +21,8 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_test_util::{FakeKube, FakeUpstream};
 use serde_json::json;
 
+mod common;
+
 fn ingress(paths: &[&str]) -> serde_json::Value {
     let paths: Vec<serde_json::Value> = paths
         .iter()
@@ -95,21 +97,7 @@ async fn follows_the_cluster() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    // "portcullis serving on http://ADDR (admin http://ADMIN)"
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let admin = line
-        .split("http://")
-        .nth(2)
-        .unwrap()
-        .trim_end_matches([')', '\n'])
-        .to_owned();
+    let (addr, admin) = common::serving_addresses(&line);
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
 

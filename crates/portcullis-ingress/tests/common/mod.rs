@@ -1,4 +1,5 @@
 //! Helpers shared by the ingress's integration tests.
+#![allow(dead_code, reason = "each test binary uses some of the helpers")]
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,4 +32,21 @@ pub(crate) fn write(dir: &Path, text: &str) {
     let tmp = dir.join(".routes.yaml.tmp");
     let _ = std::fs::write(&tmp, text);
     let _ = std::fs::rename(&tmp, dir.join("routes.yaml"));
+}
+
+/// The plain and admin addresses in the binary's first line, "portcullis serving on
+/// http://ADDR (admin http://ADMIN)".
+pub(crate) fn serving_addresses(line: &str) -> (String, String) {
+    let mut parts = line.split("http://").skip(1);
+    let addr = parts
+        .next()
+        .and_then(|p| p.split(' ').next())
+        .unwrap_or_default()
+        .to_owned();
+    let admin = parts
+        .next()
+        .map(|p| p.trim_end_matches([')', '\n']))
+        .unwrap_or_default()
+        .to_owned();
+    (addr, admin)
 }
