@@ -27,6 +27,7 @@ pub fn client() -> UpstreamClient {
     connector.set_nodelay(true);
     Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .http1_writev(false)
         .build(connector)
 }
 

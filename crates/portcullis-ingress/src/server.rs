@@ -539,7 +539,8 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_timeout)
-            .max_headers(MAX_HEADERS);
+            .max_headers(MAX_HEADERS)
+            .writev(false);
         builder
             .http2()
             .timer(TokioTimer::new())
