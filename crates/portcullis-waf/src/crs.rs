@@ -228,14 +228,18 @@ pub struct Crs {
     pub(crate) jumps: [Vec<usize>; 5],
 }
 
-/// A multi-pattern search over the values of one pipeline.
+/// A multi-pattern search over up to [`GROUP_SIZE`] `@rx` patterns of rules that read the same
+/// collections, whatever their pipelines: an item is searched once per distinct value the
+/// members' pipelines make of it (for ordinary values, mostly one), and each pattern's bit is
+/// taken from the search of its own pipeline's value.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     pub(crate) regex: Regex,
     /// Whether the group holds one pattern. Its regex is then a leftmost-first search,
     /// which can stop at the first match; a larger group's searches all matches, overlapping.
     pub(crate) single: bool,
-    pub(crate) pipeline: u32,
+    /// Per pattern, in order: its bit in the group's mask and its pipeline.
+    pub(crate) members: Vec<(u32, u32)>,
 }
 
 /// Per-phase defaults from `SecDefaultAction`.
@@ -382,7 +386,7 @@ impl Crs {
                     .collect();
             }
         }
-        let groups = build_groups(&mut rules, loader.pipelines.len());
+        let groups = build_groups(&mut rules);
         let jumps = phases.clone().map(|steps| {
             steps
                 .iter()
@@ -856,32 +860,62 @@ fn is_exclusion(v: &Var) -> bool {
 pub(crate) const GROUP_SIZE: usize = 16;
 const _: () = assert!(GROUP_SIZE <= 16, "a group's matches are a u16 mask");
 
-/// Gathers the `@rx` links of each pipeline into multi-pattern searches of [`GROUP_SIZE`]
-/// patterns and gives each link its place. Patterns that do not build together keep their
-/// own searches.
-fn build_groups(rules: &mut [CRule], pipelines: usize) -> Vec<Group> {
-    let mut sources: Vec<Vec<String>> = vec![Vec::new(); pipelines];
+/// Gathers the `@rx` links into multi-pattern searches of [`GROUP_SIZE`] patterns, by the
+/// collections their rules read (so a collection's search serves the rules reading it), and
+/// gives each link its place. Patterns that do not build together keep no group (their links
+/// are tested alone).
+fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
+    // Per bundle key (the sources a link reads): its patterns as (source, pipeline).
+    let mut bundles: Vec<(String, Vec<(String, u32)>)> = Vec::new();
     let mut places: Vec<Option<(usize, usize)>> = Vec::new();
-    for link in rules.iter().flat_map(|r| r.links.iter()) {
-        places.push(match (&link.rx, sources.get_mut(link.pipeline as usize)) {
-            (Some(rx), Some(list)) => {
-                list.push(rx.clone());
-                Some((link.pipeline as usize, list.len() - 1))
+    let links = rules
+        .iter()
+        .flat_map(|r| r.links.iter().map(move |l| (r, l)));
+    for (rule, link) in links {
+        let Some(rx) = &link.rx else {
+            places.push(None);
+            continue;
+        };
+        let mut sources: Vec<String> = link
+            .vars
+            .iter()
+            .map(|v| format!("{:?}", v.source))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        // Rules of one phase and paranoia level run together (CRS skips the levels above
+        // the configured one as a block): a search holds no pattern that will not run.
+        let level = rule
+            .tags
+            .iter()
+            .find(|t| t.starts_with("paranoia-level/"))
+            .map_or("", String::as_str);
+        let key = format!("{}|{level}|{}", rule.phase, sources.join("|"));
+        let at = match bundles.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                bundles.push((key, Vec::new()));
+                bundles.len() - 1
             }
-            _ => None,
-        });
+        };
+        let list = bundles.get_mut(at).map(|(_, l)| l);
+        places.push(list.map(|l| {
+            l.push((rx.clone(), link.pipeline));
+            (at, l.len() - 1)
+        }));
     }
     let mut groups = Vec::new();
-    // Per pipeline and chunk: the group's index, when the chunk built.
+    // Per bundle and chunk: the group's index, when the chunk built.
     let mut index: Vec<Vec<Option<u32>>> = Vec::new();
-    for (pipeline, list) in sources.iter().enumerate() {
+    for (_, list) in &bundles {
         let mut chunks = Vec::new();
         for chunk in list.chunks(GROUP_SIZE) {
+            let patterns: Vec<&str> = chunk.iter().map(|(rx, _)| rx.as_str()).collect();
             let build = |kind| {
                 Regex::builder()
                     .configure(Regex::config().match_kind(kind))
                     .syntax(syntax::Config::new().utf8(false).unicode(false))
-                    .build_many(chunk)
+                    .build_many(&patterns)
                     .ok()
             };
             let single = chunk.len() == 1;
@@ -895,7 +929,11 @@ fn build_groups(rules: &mut [CRule], pipelines: usize) -> Vec<Group> {
                 groups.push(Group {
                     regex,
                     single,
-                    pipeline: u32::try_from(pipeline).ok()?,
+                    members: chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (_, pipeline))| (1_u32 << i, *pipeline))
+                        .collect(),
                 });
                 Some(at)
             }));
@@ -904,8 +942,8 @@ fn build_groups(rules: &mut [CRule], pipelines: usize) -> Vec<Group> {
     }
     let links = rules.iter_mut().flat_map(|r| r.links.iter_mut());
     for (link, place) in links.zip(places) {
-        link.slot = place.and_then(|(pipeline, n)| {
-            let group = (*index.get(pipeline)?.get(n / GROUP_SIZE)?)?;
+        link.slot = place.and_then(|(bundle, n)| {
+            let group = (*index.get(bundle)?.get(n / GROUP_SIZE)?)?;
             Some((group, 1_u16 << (n % GROUP_SIZE)))
         });
         link.prefilter = link.slot.is_some() && !link.negated && !link.multi_match;

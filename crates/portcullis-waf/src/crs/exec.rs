@@ -135,25 +135,52 @@ impl Memo {
         spanned(&self.arena, span, raw)
     }
 
-    /// Which patterns of `group` match item `key` (transformed value at `span`).
-    fn mask(&mut self, crs: &Crs, key: u32, group: u32, span: (u32, u32), raw: &[u8]) -> u32 {
+    /// Which patterns of `group` match item `key` (raw value `raw`), each on its own
+    /// pipeline's value: one search per distinct value the members' pipelines make.
+    fn mask(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
         let at = key as usize * self.groups + group as usize;
         if let Some(&m) = self.masks.get(at).filter(|m| **m & DONE != 0) {
             return m;
         }
         let mut mask = DONE;
         if let Some(g) = crs.groups.get(group as usize) {
-            let value = spanned(&self.arena, span, raw);
-            let input = regex_automata::Input::new(value);
-            if g.single {
-                if g.regex.is_match(input) {
-                    mask |= 1;
+            // The distinct values, by span, with the bits of the patterns that see each.
+            let mut classes: [((u32, u32), u32); super::GROUP_SIZE] =
+                [((0, 0), 0); super::GROUP_SIZE];
+            let mut count = 0;
+            for &(bit, pipeline) in &g.members {
+                let transforms = crs
+                    .pipelines
+                    .get(pipeline as usize)
+                    .map_or(&[][..], |t| &t[..]);
+                let span = self.span(key, pipeline, transforms, raw);
+                let value = spanned(&self.arena, span, raw);
+                let seen = classes
+                    .iter_mut()
+                    .take(count)
+                    .find(|(s, _)| *s == span || spanned(&self.arena, *s, raw) == value);
+                match seen {
+                    Some((_, bits)) => *bits |= bit,
+                    None => {
+                        if let Some(slot) = classes.get_mut(count) {
+                            *slot = (span, bit);
+                            count += 1;
+                        }
+                    }
                 }
-            } else {
-                self.set.clear();
-                g.regex.which_overlapping_matches(&input, &mut self.set);
-                for p in self.set.iter() {
-                    mask |= 1 << p.as_usize();
+            }
+            for &(span, bits) in classes.iter().take(count) {
+                let input = regex_automata::Input::new(spanned(&self.arena, span, raw));
+                if g.single {
+                    if g.regex.is_match(input) {
+                        mask |= bits;
+                    }
+                } else {
+                    self.set.clear();
+                    g.regex.which_overlapping_matches(&input, &mut self.set);
+                    for p in self.set.iter() {
+                        mask |= (1 << p.as_usize()) & bits;
+                    }
                 }
             }
         } else {
@@ -446,7 +473,7 @@ impl Transaction<'_> {
                         let mut memo = self.memo.borrow_mut();
                         let span = memo.span(key, link.pipeline, &link.transforms, &val.value);
                         let grouped = link.slot.map(|(group, bit)| {
-                            memo.mask(self.crs, key, group, span, &val.value) & u32::from(bit) != 0
+                            memo.mask(self.crs, key, group, &val.value) & u32::from(bit) != 0
                         });
                         // `decide` only tests the value: it never touches the memo.
                         decide(memo.value(span, &val.value), grouped)
@@ -517,14 +544,9 @@ impl Transaction<'_> {
         if let Some(&m) = memo.unions.get(at).filter(|m| **m & DONE != 0) {
             return m;
         }
-        let Some(g) = self.crs.groups.get(group as usize) else {
+        if self.crs.groups.get(group as usize).is_none() {
             return u32::MAX;
-        };
-        let transforms = self
-            .crs
-            .pipelines
-            .get(g.pipeline as usize)
-            .map_or(&[][..], |t| &t[..]);
+        }
         let names = c.names_of().is_some();
         let base = self.ex.base_index(c);
         let mut union = DONE;
@@ -537,8 +559,7 @@ impl Transaction<'_> {
             let Ok(key) = u32::try_from((base + n) * 2 + usize::from(names)) else {
                 return u32::MAX;
             };
-            let span = memo.span(key, g.pipeline, transforms, raw);
-            union |= memo.mask(self.crs, key, group, span, raw);
+            union |= memo.mask(self.crs, key, group, raw);
         }
         if memo.unions.len() <= at {
             memo.unions.resize(at + 1, 0);
@@ -578,13 +599,7 @@ impl Transaction<'_> {
                     None,
                 )
             }
-            Op::DetectSqli => (
-                guarded(|| {
-                    libinjectionrs::SqliState::new(value, libinjectionrs::SqliFlags::FLAG_NONE)
-                        .detect()
-                }),
-                None,
-            ),
+            Op::DetectSqli => (detect_sqli(value), None),
             Op::DetectXss => (
                 guarded(|| libinjectionrs::detect_xss(value).is_injection()),
                 None,
@@ -947,6 +962,31 @@ fn single_valued(c: Collection) -> bool {
 
 /// Runs a third-party detector; if it panics on some input, the input counts as an attack
 /// (fail closed) rather than taking the process down.
+/// libinjection's SQLi verdict on `value`.
+pub(crate) fn detect_sqli(value: &[u8]) -> bool {
+    if one_plain_token(value) {
+        return false;
+    }
+    guarded(|| libinjectionrs::SqliState::new(value, libinjectionrs::SqliFlags::FLAG_NONE).detect())
+}
+
+/// Whether libinjection reads `value` as at most one token that cannot be SQLi: nothing;
+/// digits only (one number); or a letter followed by letters, digits and `_` (one word, with
+/// no quote, `.` or backtick to split or re-type it). A single token's fingerprint is one
+/// character, and the only one-character fingerprint on libinjection's list is `X`, the type
+/// of characters these values do not have. The shortcut is checked against libinjection on
+/// every word of its keyword table (see the tests).
+pub(crate) fn one_plain_token(value: &[u8]) -> bool {
+    match value.split_first() {
+        None => true,
+        Some((first, rest)) if first.is_ascii_digit() => rest.iter().all(u8::is_ascii_digit),
+        Some((first, rest)) if first.is_ascii_alphabetic() => {
+            rest.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        }
+        _ => false,
+    }
+}
+
 fn guarded(f: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
     std::panic::catch_unwind(f).unwrap_or(true)
 }

@@ -129,3 +129,73 @@ SecRule REQUEST_PROTOCOL "!@rx ^HTTP/\d\.\d$" "id:42,phase:1,log,pass"
         .collect();
     assert_eq!(got, [41, 42, 40]);
 }
+
+/// The SQLi shortcut agrees with libinjection on every keyword of its table that it would
+/// answer for (as written, lowercase and capitalised), on digit strings, and on words that
+/// start like libinjection's special strings (`b'..'`, `n'..'`, `x'..'`, `u&'..'`, `q'..'`).
+#[test]
+fn the_sqli_shortcut_agrees_with_libinjection() {
+    let full =
+        |v: &[u8]| libinjectionrs::SqliState::new(v, libinjectionrs::SqliFlags::FLAG_NONE).detect();
+    let mut checked = 0;
+    let mut words: Vec<String> = libinjectionrs::sqli::sqli_data::SQL_KEYWORDS
+        .iter()
+        .map(|k| k.word.to_owned())
+        .collect();
+    words.extend(
+        [
+            "0",
+            "1",
+            "007",
+            "12345678901234567890",
+            "b",
+            "n",
+            "x",
+            "u",
+            "q",
+            "e",
+            "bx01",
+            "N1",
+            "x41",
+            "select1",
+            "union_all",
+            "sleep5",
+            "ORDER",
+            "or",
+            "and",
+            "xor",
+            "div",
+            "like",
+            "null",
+            "true",
+            "a_very_long_identifier_of_more_than_32_chars_x",
+        ]
+        .map(String::from),
+    );
+    for word in &words {
+        let capitalised: String = word
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        for form in [word.clone(), word.to_ascii_lowercase(), capitalised] {
+            if exec::one_plain_token(form.as_bytes()) {
+                assert!(!full(form.as_bytes()), "libinjection flags `{form}`");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    // Values outside the shortcut still reach libinjection.
+    for sqli in ["1 union select 1", "1' or '1'='1", "1union", "select.1"] {
+        assert!(!exec::one_plain_token(sqli.as_bytes()));
+    }
+    assert!(exec::detect_sqli(b"1' or '1'='1"));
+    assert!(!exec::one_plain_token(b"x-1"));
+}
