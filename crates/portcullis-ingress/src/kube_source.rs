@@ -168,7 +168,7 @@ pub async fn run(
             |s| &mut s.secrets,
         )),
     ];
-    let recorder = Recorder::new(client, Reporter::from("portcullis"));
+    let recorder = Recorder::new(client.clone(), Reporter::from("portcullis"));
     // Problems already published: each is published once, when it appears.
     let mut published: std::collections::BTreeSet<ObjectError> = Default::default();
     loop {
@@ -189,6 +189,7 @@ pub async fn run(
         for problem in current.difference(&published) {
             publish(&recorder, problem).await;
         }
+        write_status(&client, &snapshot, &current).await;
         published = current;
     }
     for t in tasks {
@@ -236,5 +237,54 @@ async fn publish(recorder: &Recorder, problem: &ObjectError) {
     };
     if let Err(e) = recorder.publish(&event, &reference).await {
         eprintln!("portcullis: cannot publish an Event on {kind} {path}: {e}");
+    }
+}
+
+/// Sets each policy's `Accepted` condition from the problems reported about it: `True`, or
+/// `False` with the problems. Written only when the policy does not carry it already (the
+/// write comes back as a change of the policy, which then carries it).
+async fn write_status(
+    client: &Client,
+    snapshot: &Snapshot,
+    problems: &std::collections::BTreeSet<ObjectError>,
+) {
+    use kube::api::{Patch, PatchParams};
+    for policy in &snapshot.policies {
+        let (Some(namespace), Some(name)) = (
+            policy.metadata.namespace.as_deref(),
+            policy.metadata.name.as_deref(),
+        ) else {
+            continue;
+        };
+        let object = format!("PortcullisPolicy {namespace}/{name}");
+        let messages: Vec<&str> = problems
+            .iter()
+            .filter(|p| p.object == object)
+            .map(|p| p.message.as_str())
+            .collect();
+        let (status, reason, message) = if messages.is_empty() {
+            ("True", "Accepted", "the policy is in force".to_owned())
+        } else {
+            ("False", "Invalid", messages.join("; "))
+        };
+        let wanted = (status.to_owned(), message.clone());
+        let current = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"))
+            .map(|c| (c.status.clone(), c.message.clone()));
+        if current.as_ref() == Some(&wanted) {
+            continue;
+        }
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "Accepted", "status": status, "reason": reason, "message": message,
+        }]}});
+        let api: Api<PortcullisPolicy> = Api::namespaced(client.clone(), namespace);
+        if let Err(e) = api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            eprintln!("portcullis: cannot write the status of {object}: {e}");
+        }
     }
 }

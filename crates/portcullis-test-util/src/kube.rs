@@ -213,6 +213,21 @@ impl FakeKube {
         let _ = self.state.changed.send(());
     }
 
+    /// An object as the server holds it now (`namespace/name` for namespaced kinds).
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
+        let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace}});
+        let (_, _, path) = kind_of(&probe);
+        let key = object_key(&probe);
+        let store = self.state.store.lock().ok()?;
+        store.collections.get(path)?.objects.get(&key).cloned()
+    }
+
     /// The Events clients have created (`events.k8s.io/v1`, any namespace), oldest first.
     pub fn events(&self) -> Vec<Value> {
         self.state
@@ -288,12 +303,72 @@ async fn record_event(state: &State, req: Request<Incoming>) -> Response<Body> {
     json_response(StatusCode::CREATED, &event)
 }
 
+/// A merge patch of an object's `status` subresource: the status replaced, a new version, a
+/// `MODIFIED` event, as an API server does.
+async fn patch_status(
+    state: &State,
+    req: Request<Incoming>,
+    coll_path: &'static str,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let Ok(body) = req.into_body().collect().await else {
+        return json_response(StatusCode::BAD_REQUEST, &json!({}));
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return json_response(StatusCode::BAD_REQUEST, &json!({}));
+    };
+    // .../namespaces/{ns}/{plural}/{name}/status
+    let parts: Vec<&str> = path.split('/').collect();
+    let (Some(ns), Some(name)) = (
+        parts
+            .iter()
+            .position(|p| *p == "namespaces")
+            .and_then(|i| parts.get(i + 1)),
+        parts.len().checked_sub(2).and_then(|i| parts.get(i)),
+    ) else {
+        return json_response(StatusCode::NOT_FOUND, &json!({}));
+    };
+    let key = format!("{ns}/{name}");
+    let Ok(mut store) = state.store.lock() else {
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({}));
+    };
+    store.rv += 1;
+    let rv = store.rv;
+    let Some(coll) = store.collections.get_mut(coll_path) else {
+        return json_response(StatusCode::NOT_FOUND, &json!({}));
+    };
+    let Some(object) = coll.objects.get_mut(&key) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+        );
+    };
+    object["status"] = patch["status"].clone();
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let object = object.clone();
+    coll.events.push((rv, "MODIFIED", object.clone()));
+    drop(store);
+    let _ = state.changed.send(());
+    json_response(StatusCode::OK, &object)
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if path.starts_with("/apis/events.k8s.io/v1/namespaces/")
         && (req.method() == Method::POST || req.method() == Method::PATCH)
     {
         return record_event(&state, req).await;
+    }
+    if req.method() == Method::PATCH
+        && path.starts_with("/apis/portcullis.dev/v1alpha1/namespaces/")
+        && path.ends_with("/status")
+    {
+        return patch_status(
+            &state,
+            req,
+            "/apis/portcullis.dev/v1alpha1/portcullispolicies",
+        )
+        .await;
     }
     let query: HashMap<String, String> = req
         .uri()
