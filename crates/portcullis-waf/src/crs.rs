@@ -222,8 +222,11 @@ pub struct Crs {
     /// The `@rx` patterns of the links, by pipeline, in overlapping multi-pattern searches of
     /// up to [`GROUP_SIZE`] patterns: a value is searched once per group for all of them.
     pub(crate) groups: Vec<Group>,
-    /// The interned transformation pipelines.
+    /// The interned transformation pipelines, with every prefix of each.
     pub(crate) pipelines: Vec<Arc<[Transform]>>,
+    /// Per pipeline of two or more transformations: the pipeline without its last one (so a
+    /// value goes through each shared prefix once).
+    pub(crate) parents: Vec<Option<u32>>,
     /// Per phase and step: for a rule with `skipAfter`, the step after its marker.
     pub(crate) jumps: [Vec<usize>; 5],
 }
@@ -406,9 +409,11 @@ impl Crs {
                 })
                 .collect()
         });
+        let (pipelines, parents) = with_prefixes(loader.pipelines);
         Ok(Self {
             groups,
-            pipelines: loader.pipelines,
+            pipelines,
+            parents,
             jumps,
             rules,
             phases,
@@ -949,6 +954,35 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
         link.prefilter = link.slot.is_some() && !link.negated && !link.multi_match;
     }
     groups
+}
+
+/// Adds every prefix of the pipelines to them, and gives each pipeline its parent (itself
+/// without its last transformation).
+fn with_prefixes(
+    mut pipelines: Vec<Arc<[Transform]>>,
+) -> (Vec<Arc<[Transform]>>, Vec<Option<u32>>) {
+    let mut i = 0;
+    while let Some(p) = pipelines.get(i).cloned() {
+        if let Some((_, prefix)) = p.split_last()
+            && !prefix.is_empty()
+            && !pipelines.iter().any(|q| **q == *prefix)
+        {
+            pipelines.push(prefix.into());
+        }
+        i += 1;
+    }
+    let parents = pipelines
+        .iter()
+        .map(|p| {
+            let (_, prefix) = p.split_last()?;
+            if prefix.is_empty() {
+                return None;
+            }
+            let at = pipelines.iter().position(|q| **q == *prefix)?;
+            u32::try_from(at).ok()
+        })
+        .collect();
+    (pipelines, parents)
 }
 
 fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {

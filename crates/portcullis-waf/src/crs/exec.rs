@@ -8,7 +8,7 @@ use regex_automata::util::captures::Captures;
 use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, Select, SetVar, Source, Step, Var};
 use crate::operator::Operator;
 use crate::request::Exchange;
-use crate::transform::{Transform, apply_all};
+use crate::transform::apply_all;
 use crate::variable::Collection;
 
 /// The most bytes a `TX` variable holds; longer values are cut.
@@ -97,22 +97,35 @@ impl Memo {
         }
     }
 
-    /// The span of item `key`'s value `raw` through pipeline `pipeline` (`transforms`).
-    fn span(
-        &mut self,
-        key: u32,
-        pipeline: u32,
-        transforms: &[Transform],
-        raw: &[u8],
-    ) -> (u32, u32) {
+    /// The span of item `key`'s value `raw` through pipeline `pipeline`: its parent's value
+    /// (cached, so shared prefixes run once) through its last transformation.
+    fn span(&mut self, crs: &Crs, key: u32, pipeline: u32, raw: &[u8]) -> (u32, u32) {
         let at = key as usize * self.pipelines + pipeline as usize;
-        // (A key outside the table, which the exchange never makes, is transformed uncached.)
         if let Some(&span) = self.spans.get(at).filter(|s| **s != UNSET) {
             return span;
         }
-        let span = match apply_all(transforms, raw) {
-            Cow::Borrowed(_) => SAME,
-            Cow::Owned(v) => {
+        let transforms = crs
+            .pipelines
+            .get(pipeline as usize)
+            .map_or(&[][..], |t| &t[..]);
+        let parent = crs.parents.get(pipeline as usize).copied().flatten();
+        let (base, last) = match (parent, transforms.split_last()) {
+            (Some(parent), Some((last, _))) => (self.span(crs, key, parent, raw), Some(last)),
+            _ => (SAME, None),
+        };
+        let changed = match last {
+            Some(t) => match t.apply(spanned(&self.arena, base, raw)) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(v) => Some(v),
+            },
+            None => match apply_all(transforms, raw) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(v) => Some(v),
+            },
+        };
+        let span = match changed {
+            None => base,
+            Some(v) => {
                 let start = self.arena.len();
                 self.arena.extend_from_slice(&v);
                 match (u32::try_from(start), u32::try_from(self.arena.len())) {
@@ -149,11 +162,7 @@ impl Memo {
                 [((0, 0), 0); super::GROUP_SIZE];
             let mut count = 0;
             for &(bit, pipeline) in &g.members {
-                let transforms = crs
-                    .pipelines
-                    .get(pipeline as usize)
-                    .map_or(&[][..], |t| &t[..]);
-                let span = self.span(key, pipeline, transforms, raw);
+                let span = self.span(crs, key, pipeline, raw);
                 let value = spanned(&self.arena, span, raw);
                 let seen = classes
                     .iter_mut()
@@ -471,7 +480,7 @@ impl Transaction<'_> {
                 match val.key {
                     Some(key) if !link.transforms.is_empty() || link.slot.is_some() => {
                         let mut memo = self.memo.borrow_mut();
-                        let span = memo.span(key, link.pipeline, &link.transforms, &val.value);
+                        let span = memo.span(self.crs, key, link.pipeline, &val.value);
                         let grouped = link.slot.map(|(group, bit)| {
                             memo.mask(self.crs, key, group, &val.value) & u32::from(bit) != 0
                         });

@@ -199,3 +199,24 @@ fn the_sqli_shortcut_agrees_with_libinjection() {
     assert!(exec::detect_sqli(b"1' or '1'='1"));
     assert!(!exec::one_plain_token(b"x-1"));
 }
+
+/// Every pipeline of two or more transformations has its prefix as a parent, so values go
+/// through shared prefixes once; the CRS's pipelines are all covered.
+#[test]
+fn pipelines_know_their_prefixes() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let crs = Crs::load_dir(&dir, "", "").unwrap();
+    assert_eq!(crs.parents.len(), crs.pipelines.len());
+    let mut with_parent = 0;
+    for (p, parent) in crs.pipelines.iter().zip(&crs.parents) {
+        match (p.len(), parent) {
+            (0 | 1, None) => {}
+            (n, Some(parent)) if n >= 2 => {
+                assert_eq!(&crs.pipelines[*parent as usize][..], &p[..n - 1]);
+                with_parent += 1;
+            }
+            (n, parent) => panic!("pipeline of {n} with parent {parent:?}"),
+        }
+    }
+    assert!(with_parent > 10, "{with_parent}");
+}
