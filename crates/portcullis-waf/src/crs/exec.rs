@@ -492,13 +492,18 @@ impl Transaction<'_> {
                 }
             };
             if hit != link.negated {
-                let name = if val.member.is_empty() {
-                    val.var.name.to_string()
+                // (Built by hand: `format!` costs more than the copies.)
+                let mut name = String::with_capacity(val.var.name.len() + val.member.len() + 1);
+                if val.member.is_empty() {
+                    name.push_str(&val.var.name);
                 } else if val.var.count {
-                    format!("&{}", val.var.name)
+                    name.push('&');
+                    name.push_str(&val.var.name);
                 } else {
-                    format!("{}:{}", val.var.name, val.member)
-                };
+                    name.push_str(&val.var.name);
+                    name.push(':');
+                    name.push_str(&val.member);
+                }
                 matched.push((name, seen.unwrap_or_default()));
                 if caps.is_some() {
                     captured = caps;
