@@ -79,6 +79,33 @@ fn walk(value: &mut Value, path: &str, namespace: &str, secrets: &[Secret]) -> R
     }
 }
 
+/// The bytes of `key` in Secret `namespace/name` (its `data`, or `stringData` as manifests
+/// may write it).
+///
+/// # Errors
+///
+/// The Secret or the key does not exist; the message names them (never the data).
+pub fn secret_data(
+    secrets: &[Secret],
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, String> {
+    let Some(secret) = secrets.iter().find(|s| {
+        s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+            && s.metadata.name.as_deref() == Some(name)
+    }) else {
+        return Err(format!("Secret {namespace}/{name} does not exist"));
+    };
+    if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(v.0.clone());
+    }
+    if let Some(v) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+        return Ok(v.clone().into_bytes());
+    }
+    Err(format!("Secret {namespace}/{name} has no key `{key}`"))
+}
+
 fn fetch(
     reference: &Value,
     path: &str,
@@ -99,25 +126,7 @@ fn fetch(
             "{path}.secretKeyRef: unknown field `{extra}`; use name, key, as"
         ));
     }
-    let Some(secret) = secrets.iter().find(|s| {
-        s.metadata.namespace.as_deref().unwrap_or("default") == namespace
-            && s.metadata.name.as_deref() == Some(name)
-    }) else {
-        return Err(format!("{path}: Secret {namespace}/{name} does not exist"));
-    };
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        })
-        .ok_or_else(|| format!("{path}: Secret {namespace}/{name} has no key `{key}`"))?;
+    let data = secret_data(secrets, namespace, name, key).map_err(|e| format!("{path}: {e}"))?;
     let text = || {
         String::from_utf8(data.clone()).map_err(|_| {
             format!("{path}: Secret {namespace}/{name} key `{key}` is not UTF-8; use `as: base64`")

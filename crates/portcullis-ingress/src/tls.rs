@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Secret;
 use portcullis_ztls::{CertificateConfig, ClientAuth, HostTrustConfig, ServerConfigs, ZtlsConfig};
 
 use crate::manifests::Snapshot;
@@ -36,25 +35,8 @@ impl TlsPlan {
     }
 }
 
-fn secret<'a>(s: &'a Snapshot, namespace: &str, name: &str) -> Option<&'a Secret> {
-    s.secrets.iter().find(|x| {
-        x.metadata.namespace.as_deref().unwrap_or("default") == namespace
-            && x.metadata.name.as_deref() == Some(name)
-    })
-}
-
-/// The bytes of `key` in Secret `namespace/name` (its `data`, or `stringData` in manifests).
 fn secret_key(s: &Snapshot, namespace: &str, name: &str, key: &str) -> Result<Vec<u8>, String> {
-    let Some(found) = secret(s, namespace, name) else {
-        return Err(format!("Secret {namespace}/{name} does not exist"));
-    };
-    if let Some(v) = found.data.as_ref().and_then(|d| d.get(key)) {
-        return Ok(v.0.clone());
-    }
-    if let Some(v) = found.string_data.as_ref().and_then(|d| d.get(key)) {
-        return Ok(v.clone().into_bytes());
-    }
-    Err(format!("Secret {namespace}/{name} has no key `{key}`"))
+    crate::secrets::secret_data(&s.secrets, namespace, name, key)
 }
 
 fn path(namespace: &str, name: &str, key: &str) -> PathBuf {
