@@ -126,13 +126,14 @@ pub(crate) enum Op {
     DetectXss,
 }
 
-/// `setvar`.
+/// `setvar`: the `TX` variable's name (lowercase, without `tx.`; shared with the
+/// transactions' `TX` maps, so setting it allocates no name) and the value's text.
 #[derive(Debug, Clone)]
 pub(crate) enum SetVar {
-    Set(String, String),
-    Add(String, String),
-    Sub(String, String),
-    Delete(String),
+    Set(Arc<str>, String),
+    Add(Arc<str>, String),
+    Sub(Arc<str>, String),
+    Delete(Arc<str>),
 }
 
 /// `ctl:`.
@@ -1044,7 +1045,7 @@ fn push_transform(
 
 fn parse_setvar(origin: &Origin, text: &str) -> Result<SetVar, CrsError> {
     let text = text.trim();
-    let name_of = |n: &str| -> Result<String, CrsError> {
+    let name_of = |n: &str| -> Result<Arc<str>, CrsError> {
         let n = n.trim();
         let lower = n.to_ascii_lowercase();
         let Some(var) = lower.strip_prefix("tx.") else {
@@ -1053,7 +1054,7 @@ fn parse_setvar(origin: &Origin, text: &str) -> Result<SetVar, CrsError> {
                 format!("`setvar:{text}`: only the `tx` collection is supported"),
             ));
         };
-        Ok(var.to_owned())
+        Ok(Arc::from(var))
     };
     if let Some(name) = text.strip_prefix('!') {
         return Ok(SetVar::Delete(name_of(name)?));

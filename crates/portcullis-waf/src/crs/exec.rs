@@ -1,7 +1,9 @@
 //! Running a compiled rule set over one exchange: phases, `TX`, macros, chains, markers.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
 
@@ -227,7 +229,7 @@ impl std::fmt::Debug for Transaction<'_> {
 /// and outcome so far, owned, so it can wait for the response ([`Crs::resume`]).
 #[derive(Debug, Clone)]
 pub struct Suspended {
-    tx: BTreeMap<String, Vec<u8>>,
+    tx: HashMap<Arc<str>, Vec<u8>, TxHash>,
     engine: EngineMode,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
@@ -266,7 +268,7 @@ impl Crs {
             ex,
             remote_addr: remote_addr.to_owned(),
             state: Suspended {
-                tx: BTreeMap::new(),
+                tx: HashMap::with_capacity_and_hasher(64, TxHash::new()),
                 engine: self.engine,
                 removed_ids: Vec::new(),
                 removed_tags: Vec::new(),
@@ -348,7 +350,10 @@ impl Transaction<'_> {
             if self.is_removed(rule) || !self.eval_rule(rule) {
                 continue;
             }
-            let msg = rule.msg.as_deref().map(|m| self.expand(m, rule));
+            let msg = rule
+                .msg
+                .as_deref()
+                .map(|m| self.expand(m, rule).into_owned());
             self.state.outcome.matches.push(super::CrsMatch {
                 id: rule.id,
                 phase,
@@ -409,7 +414,7 @@ impl Transaction<'_> {
     pub fn tx(&self, name: &str) -> Option<&[u8]> {
         self.state
             .tx
-            .get(&name.to_ascii_lowercase())
+            .get(name.to_ascii_lowercase().as_str())
             .map(Vec::as_slice)
     }
 
@@ -455,18 +460,22 @@ impl Transaction<'_> {
             // MATCHED_VAR(S) hold the transformed value (a chained rule reads it as the
             // parent saw it).
             let (hit, caps, seen) = if link.multi_match {
-                // `multiMatch`: the operator sees the value before and after each
-                // transformation.
-                let mut value = val.value.to_vec();
+                // `multiMatch`: the operator sees the value before the transformations and
+                // after each one that changes it (as ModSecurity runs it).
+                let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
                 let mut result = self.test(link, &value);
                 for t in link.transforms.iter() {
                     if result.0 != link.negated {
                         break;
                     }
-                    value = t.apply(&value).into_owned();
-                    result = self.test(link, &value);
+                    if let Cow::Owned(changed) = t.apply(&value)
+                        && changed.as_slice() != &*value
+                    {
+                        value = Cow::Owned(changed);
+                        result = self.test(link, &value);
+                    }
                 }
-                (result.0, result.1, Some(value))
+                (result.0, result.1, Some(value.into_owned()))
             } else {
                 let decide = |value: &[u8], grouped: Option<bool>| {
                     let (hit, caps) = match grouped {
@@ -514,12 +523,11 @@ impl Transaction<'_> {
             return false;
         }
         if let Some(groups) = captured {
-            for (group, text) in groups.into_iter().enumerate() {
-                let key = group.to_string();
+            for (key, text) in CAPTURE_NAMES.iter().zip(groups) {
                 match text {
-                    Some(text) => self.set_tx(key, text),
+                    Some(text) => self.set_tx(key, None, &text),
                     None => {
-                        self.state.tx.remove(&key);
+                        self.state.tx.remove(*key);
                     }
                 }
             }
@@ -689,7 +697,7 @@ impl Transaction<'_> {
         // A named TX variable: one lookup, not a scan of every TX variable.
         if let (Source::Tx, Select::Name(name)) = (&var.source, &var.select) {
             if let Some((k, v)) = self.state.tx.get_key_value(name.as_str()) {
-                f(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None);
+                f(Cow::Borrowed(&**k), Cow::Borrowed(v.as_slice()), None);
             }
             return;
         }
@@ -729,12 +737,17 @@ impl Transaction<'_> {
         match &var.source {
             // Exchange items are visited in place by `for_each_member`.
             Source::Exchange(_) => Vec::new(),
-            Source::Tx => self
-                .state
-                .tx
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_slice()), None))
-                .collect(),
+            Source::Tx => {
+                // In name order, as ModSecurity lists them.
+                let mut all: Vec<Member<'v>> = self
+                    .state
+                    .tx
+                    .iter()
+                    .map(|(k, v)| (Cow::Borrowed(&**k), Cow::Borrowed(v.as_slice()), None))
+                    .collect();
+                all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                all
+            }
             Source::MatchedVar => self
                 .matched_var
                 .iter()
@@ -803,43 +816,62 @@ impl Transaction<'_> {
         }
     }
 
-    fn set_tx(&mut self, name: String, mut value: Vec<u8>) {
-        value.truncate(MAX_TX_VALUE);
-        if self.state.tx.len() >= MAX_TX_VARS && !self.state.tx.contains_key(&name) {
+    /// Sets `TX` variable `name` (lowercase) to `value`, in place when it exists; `interned`
+    /// is the name as an `Arc` when the caller has one.
+    fn set_tx(&mut self, name: &str, interned: Option<&Arc<str>>, value: &[u8]) {
+        let value = value.get(..MAX_TX_VALUE).unwrap_or(value);
+        if let Some(slot) = self.state.tx.get_mut(name) {
+            slot.clear();
+            slot.extend_from_slice(value);
             return;
         }
-        self.state.tx.insert(name, value);
+        if self.state.tx.len() >= MAX_TX_VARS {
+            return;
+        }
+        let key = interned.cloned().unwrap_or_else(|| Arc::from(name));
+        self.state.tx.insert(key, value.to_vec());
     }
 
     fn setvar(&mut self, sv: &SetVar, rule: &CRule) {
-        let int = |t: &Self, name: &str| -> i64 {
-            t.state
-                .tx
-                .get(name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
+        let (SetVar::Set(name, _)
+        | SetVar::Add(name, _)
+        | SetVar::Sub(name, _)
+        | SetVar::Delete(name)) = sv;
+        // A name with no macro is used as parsed (lowercase, interned).
+        let (key, interned) = match self.expand(name, rule) {
+            Cow::Borrowed(_) => (Cow::Borrowed(&**name), Some(name)),
+            Cow::Owned(expanded) => (Cow::Owned(expanded.to_ascii_lowercase()), None),
         };
         match sv {
-            SetVar::Set(name, value) => {
-                let name = self.expand(name, rule).to_ascii_lowercase();
-                let value = self.expand(value, rule).into_bytes();
-                self.set_tx(name, value);
+            SetVar::Set(_, value) => {
+                let value = self.expand(value, rule);
+                self.set_tx(&key, interned, value.as_bytes());
             }
-            SetVar::Add(name, value) | SetVar::Sub(name, value) => {
-                let name = self.expand(name, rule).to_ascii_lowercase();
+            SetVar::Add(_, value) | SetVar::Sub(_, value) => {
                 let delta: i64 = self.expand(value, rule).trim().parse().unwrap_or(0);
-                let now = int(self, &name);
+                let now: i64 = self
+                    .state
+                    .tx
+                    .get(&*key)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
                 let next = if matches!(sv, SetVar::Add(..)) {
                     now.saturating_add(delta)
                 } else {
                     now.saturating_sub(delta)
                 };
-                self.set_tx(name, next.to_string().into_bytes());
+                let mut digits = [0_u8; 24];
+                let len = {
+                    let mut out = &mut digits[..];
+                    // 24 bytes hold any i64.
+                    let _ = std::io::Write::write_fmt(&mut out, format_args!("{next}"));
+                    24 - out.len()
+                };
+                self.set_tx(&key, interned, digits.get(..len).unwrap_or_default());
             }
-            SetVar::Delete(name) => {
-                let name = self.expand(name, rule).to_ascii_lowercase();
-                self.state.tx.remove(&name);
+            SetVar::Delete(_) => {
+                self.state.tx.remove(&*key);
             }
         }
     }
@@ -864,76 +896,156 @@ impl Transaction<'_> {
         }
     }
 
-    /// Expands `%{...}` macros.
-    fn expand(&self, text: &str, rule: &CRule) -> String {
-        if !text.contains("%{") {
-            return text.to_owned();
+    /// Expands `%{...}` macros; text with none is returned as it is.
+    fn expand<'t>(&self, text: &'t str, rule: &CRule) -> Cow<'t, str> {
+        if !text.as_bytes().contains(&b'%') {
+            return Cow::Borrowed(text);
         }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
+        let Some(first) = text.find("%{") else {
+            return Cow::Borrowed(text);
+        };
+        let mut out = String::with_capacity(text.len() + 16);
+        out.push_str(text.get(..first).unwrap_or_default());
+        let mut rest = text.get(first..).unwrap_or_default();
         while let Some(start) = rest.find("%{") {
             out.push_str(rest.get(..start).unwrap_or_default());
             let after = rest.get(start + 2..).unwrap_or_default();
             let Some(end) = after.find('}') else {
                 out.push_str(rest.get(start..).unwrap_or_default());
-                return out;
+                return Cow::Owned(out);
             };
-            let name = after.get(..end).unwrap_or_default().to_ascii_lowercase();
-            out.push_str(&self.macro_value(&name, rule));
+            self.push_macro(after.get(..end).unwrap_or_default(), rule, &mut out);
             rest = after.get(end + 1..).unwrap_or_default();
         }
         out.push_str(rest);
-        out
+        Cow::Owned(out)
     }
 
-    fn macro_value(&self, name: &str, rule: &CRule) -> String {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        if let Some(var) = name.strip_prefix("tx.") {
-            return self.state.tx.get(var).map(|v| text(v)).unwrap_or_default();
+    /// Appends the value of macro `name` (any case) to `out`.
+    fn push_macro(&self, name: &str, rule: &CRule, out: &mut String) {
+        let mut text = |b: &[u8]| out.push_str(&String::from_utf8_lossy(b));
+        let prefixed = |prefix: &str| {
+            name.get(..prefix.len())
+                .filter(|p| p.eq_ignore_ascii_case(prefix))
+                .and_then(|_| name.get(prefix.len()..))
+        };
+        if let Some(var) = prefixed("tx.") {
+            let value = if var.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.state.tx.get(var.to_ascii_lowercase().as_str())
+            } else {
+                self.state.tx.get(var)
+            };
+            if let Some(v) = value {
+                text(v);
+            }
+            return;
         }
-        match name {
-            "matched_var" => self
-                .matched_var
-                .as_ref()
-                .map(|(_, v)| text(v))
-                .unwrap_or_default(),
-            "matched_var_name" => self
-                .matched_var
-                .as_ref()
-                .map(|(n, _)| n.clone())
-                .unwrap_or_default(),
-            "rule.id" => rule.id.to_string(),
-            "rule.msg" => rule.msg.clone().unwrap_or_default(),
-            "remote_addr" => self.remote_addr.clone(),
-            "unique_id" => "portcullis".into(),
-            "reqbody_error_msg" => self
-                .ex
-                .body_error()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            "request_line" => self
-                .ex
-                .items(Collection::RequestLine)
-                .first()
-                .map(|i| text(i.value()))
-                .unwrap_or_default(),
-            other => {
-                let collection_member = |prefix: &str, c: Collection| {
-                    other.strip_prefix(prefix).and_then(|member| {
-                        self.ex
-                            .items(c)
-                            .iter()
-                            .find(|i| i.name().eq_ignore_ascii_case(member))
-                            .map(|i| text(i.value()))
-                    })
-                };
-                collection_member("request_headers.", Collection::RequestHeaders)
-                    .or_else(|| collection_member("args.", Collection::Args))
-                    .unwrap_or_default()
+        let is = |m: &str| name.eq_ignore_ascii_case(m);
+        if is("matched_var") {
+            if let Some((_, v)) = &self.matched_var {
+                text(v);
+            }
+        } else if is("matched_var_name") {
+            if let Some((n, _)) = &self.matched_var {
+                text(n.as_bytes());
+            }
+        } else if is("rule.id") {
+            text(rule.id.to_string().as_bytes());
+        } else if is("rule.msg") {
+            text(rule.msg.as_deref().unwrap_or_default().as_bytes());
+        } else if is("remote_addr") {
+            text(self.remote_addr.as_bytes());
+        } else if is("unique_id") {
+            text(b"portcullis");
+        } else if is("reqbody_error_msg") {
+            if let Some(e) = self.ex.body_error() {
+                text(e.to_string().as_bytes());
+            }
+        } else if is("request_line") {
+            if let Some(i) = self.ex.items(Collection::RequestLine).first() {
+                text(i.value());
+            }
+        } else {
+            let member = prefixed("request_headers.")
+                .map(|m| (m, Collection::RequestHeaders))
+                .or_else(|| prefixed("args.").map(|m| (m, Collection::Args)));
+            if let Some((member, c)) = member
+                && let Some(i) = self
+                    .ex
+                    .items(c)
+                    .iter()
+                    .find(|i| i.name().eq_ignore_ascii_case(member))
+            {
+                text(i.value());
             }
         }
     }
 }
+
+/// The hasher of `TX` maps: a multiply-rotate hash of short names, seeded per process.
+/// (SipHash costs more than the lookups it serves; a map holds at most [`MAX_TX_VARS`]
+/// names, which bounds what colliding names could cost.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TxHash(u64);
+
+impl TxHash {
+    fn new() -> Self {
+        static SEED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+            std::collections::hash_map::RandomState::new().hash_one(0_u64) | 1
+        });
+        Self(*SEED)
+    }
+}
+
+impl BuildHasher for TxHash {
+    type Hasher = TxHasher;
+    fn build_hasher(&self) -> TxHasher {
+        TxHasher(self.0)
+    }
+}
+
+/// See [`TxHash`].
+#[derive(Debug)]
+pub(crate) struct TxHasher(u64);
+
+impl TxHasher {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for TxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0_u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+        let tail = chunks.remainder();
+        if !tail.is_empty() {
+            let mut word = [0_u8; 8];
+            if let Some(head) = word.get_mut(..tail.len()) {
+                head.copy_from_slice(tail);
+            }
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: hashbrown takes its control bits from the top.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+/// The `TX` names of the capture groups.
+const CAPTURE_NAMES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// A rule with no id, for macros expanded outside a rule's own actions.
 static NO_RULE: std::sync::LazyLock<CRule> = std::sync::LazyLock::new(|| CRule {
