@@ -24,6 +24,7 @@ use crate::variable::Collection;
 
 mod exec;
 pub mod ftw;
+mod needs;
 
 pub use exec::{CrsMatch, CrsOutcome, Suspended, Transaction};
 
@@ -244,6 +245,9 @@ pub(crate) struct Group {
     pub(crate) single: bool,
     /// Per pattern, in order: its bit in the group's mask and its pipeline.
     pub(crate) members: Vec<(u32, u32)>,
+    /// Bytes one of which every match of every pattern contains, when there are such: a
+    /// value with none of them is not searched.
+    pub(crate) needs: Option<needs::ByteSet>,
 }
 
 /// Per-phase defaults from `SecDefaultAction`.
@@ -913,15 +917,57 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     let mut groups = Vec::new();
     // Per bundle and chunk: the group's index, when the chunk built.
     let mut index: Vec<Vec<Option<u32>>> = Vec::new();
-    for (_, list) in &bundles {
+    // Per bundle: each pattern's position once sorted.
+    let mut positions: Vec<Vec<usize>> = Vec::new();
+    for (_, list) in &mut bundles {
+        // Patterns that need rare bytes go together, so that their groups skip ordinary
+        // values; the patterns that can match plain words share the other groups.
+        // Each pattern is parsed once, for its needed bytes and for its group's search.
+        let hirs: Vec<Option<regex_syntax::hir::Hir>> =
+            list.iter().map(|(rx, _)| needs::parse(rx)).collect();
+        let needed: Vec<Option<needs::ByteSet>> = hirs
+            .iter()
+            .map(|h| h.as_ref().and_then(needs::need))
+            .collect();
+        let mut order: Vec<(u32, usize)> = needed
+            .iter()
+            .enumerate()
+            .map(|(n, need)| (need.map_or(u32::MAX, needs::ByteSet::cost), n))
+            .collect();
+        order.sort();
+        let mut position = vec![0; list.len()];
+        for (at, &(_, n)) in order.iter().enumerate() {
+            if let Some(p) = position.get_mut(n) {
+                *p = at;
+            }
+        }
+        let sorted: Vec<(String, u32)> = order
+            .iter()
+            .filter_map(|&(_, n)| list.get(n).cloned())
+            .collect();
+        let sorted_needs: Vec<Option<needs::ByteSet>> = order
+            .iter()
+            .map(|&(_, n)| needed.get(n).copied().flatten())
+            .collect();
+        let sorted_hirs: Vec<Option<&regex_syntax::hir::Hir>> = order
+            .iter()
+            .map(|&(_, n)| hirs.get(n).and_then(Option::as_ref))
+            .collect();
+        *list = sorted;
+        positions.push(position);
         let mut chunks = Vec::new();
-        for chunk in list.chunks(GROUP_SIZE) {
-            let patterns: Vec<&str> = chunk.iter().map(|(rx, _)| rx.as_str()).collect();
+        for ((chunk, chunk_needs), chunk_hirs) in list
+            .chunks(GROUP_SIZE)
+            .zip(sorted_needs.chunks(GROUP_SIZE))
+            .zip(sorted_hirs.chunks(GROUP_SIZE))
+        {
+            // A pattern that does not parse leaves its chunk without a group.
+            let patterns: Option<Vec<&regex_syntax::hir::Hir>> =
+                chunk_hirs.iter().copied().collect();
             let build = |kind| {
                 Regex::builder()
                     .configure(Regex::config().match_kind(kind))
-                    .syntax(syntax::Config::new().utf8(false).unicode(false))
-                    .build_many(&patterns)
+                    .build_many_from_hir(patterns.as_deref()?)
                     .ok()
             };
             let single = chunk.len() == 1;
@@ -932,9 +978,13 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             });
             chunks.push(built.and_then(|regex| {
                 let at = u32::try_from(groups.len()).ok()?;
+                let needs = chunk_needs
+                    .iter()
+                    .try_fold(needs::ByteSet::default(), |acc, n| Some(acc.union((*n)?)));
                 groups.push(Group {
                     regex,
                     single,
+                    needs,
                     members: chunk
                         .iter()
                         .enumerate()
@@ -949,6 +999,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     let links = rules.iter_mut().flat_map(|r| r.links.iter_mut());
     for (link, place) in links.zip(places) {
         link.slot = place.and_then(|(bundle, n)| {
+            let n = *positions.get(bundle)?.get(n)?;
             let group = (*index.get(bundle)?.get(n / GROUP_SIZE)?)?;
             Some((group, 1_u16 << (n % GROUP_SIZE)))
         });

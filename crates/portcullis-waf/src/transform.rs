@@ -633,7 +633,31 @@ fn replace_comments(input: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Whether normalising `input` as a path leaves it as it is: no `.` or `..` segment, no
+/// empty segment but at the ends (and, for Windows paths, no backslash).
+fn normal_already(input: &[u8], windows: bool) -> bool {
+    if windows && input.contains(&b'\\') {
+        return false;
+    }
+    let last = input.split(|&b| b == b'/').count().saturating_sub(1);
+    input
+        .split(|&b| b == b'/')
+        .enumerate()
+        .all(|(i, seg)| match seg {
+            b"." | b".." => false,
+            b"" => i == 0 || i == last,
+            _ => true,
+        })
+}
+
 fn normalize_path(input: &[u8], windows: bool) -> Cow<'_, [u8]> {
+    if normal_already(input, windows) {
+        return Cow::Borrowed(input);
+    }
+    normalize_path_slow(input, windows)
+}
+
+fn normalize_path_slow(input: &[u8], windows: bool) -> Cow<'_, [u8]> {
     let path: Cow<'_, [u8]> = if windows {
         map_bytes(input, |b| if b == b'\\' { b'/' } else { b })
     } else {
@@ -670,7 +694,33 @@ fn normalize_path(input: &[u8], windows: bool) -> Cow<'_, [u8]> {
     }
 }
 
+/// Whether `cmdLine` leaves `input` as it is: lowercase, with no byte it drops or replaces,
+/// and only single spaces, none before a `/` or `(`.
+fn cmd_line_already(input: &[u8]) -> bool {
+    let mut bytes = input.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        let changes = match b {
+            b'\\' | b'"' | b'\'' | b'^' | b',' | b';' => true,
+            b' ' => bytes
+                .peek()
+                .is_some_and(|&&n| n == b'/' || n == b'(' || is_space(n)),
+            b => is_space(b) || b.is_ascii_uppercase(),
+        };
+        if changes {
+            return false;
+        }
+    }
+    true
+}
+
 fn cmd_line(input: &[u8]) -> Cow<'_, [u8]> {
+    if cmd_line_already(input) {
+        return Cow::Borrowed(input);
+    }
+    cmd_line_slow(input)
+}
+
+fn cmd_line_slow(input: &[u8]) -> Cow<'_, [u8]> {
     let mut out: Vec<u8> = Vec::with_capacity(input.len());
     let mut space = false;
     for &b in input {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
 
+use super::needs::ByteSet;
 use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, Select, SetVar, Source, Step, Var};
 use crate::operator::Operator;
 use crate::request::Exchange;
@@ -67,6 +68,10 @@ struct Memo {
     pipelines: usize,
     groups: usize,
     set: regex_automata::PatternSet,
+    /// Per key: the bytes of its raw value, once computed.
+    raw_bytes: Vec<Option<ByteSet>>,
+    /// Per transformed value, by its span in `arena`: its bytes, once computed.
+    arena_bytes: HashMap<(u32, u32), ByteSet, TxHash>,
 }
 
 /// The bytes `span` names in `arena`, or `raw` when the pipeline left the value unchanged.
@@ -96,7 +101,28 @@ impl Memo {
             pipelines,
             groups,
             set: regex_automata::PatternSet::new(super::GROUP_SIZE),
+            raw_bytes: vec![None; keys],
+            arena_bytes: HashMap::with_hasher(TxHash::new()),
         }
+    }
+
+    /// The bytes of item `key`'s value through a pipeline, as `span` (its value `raw`)
+    /// names it: computed once per distinct value.
+    fn bytes_of(&mut self, key: u32, span: (u32, u32), raw: &[u8]) -> ByteSet {
+        if span == SAME {
+            let slot = self.raw_bytes.get_mut(key as usize);
+            return match slot {
+                Some(Some(bytes)) => *bytes,
+                Some(slot) => *slot.insert(ByteSet::of(raw)),
+                None => ByteSet::of(raw),
+            };
+        }
+        if let Some(bytes) = self.arena_bytes.get(&span) {
+            return *bytes;
+        }
+        let bytes = ByteSet::of(spanned(&self.arena, span, raw));
+        self.arena_bytes.insert(span, bytes);
+        bytes
     }
 
     /// The span of item `key`'s value `raw` through pipeline `pipeline`: its parent's value
@@ -181,6 +207,12 @@ impl Memo {
                 }
             }
             for &(span, bits) in classes.iter().take(count) {
+                // A value with none of the bytes every match needs is not searched.
+                if let Some(needs) = g.needs
+                    && !self.bytes_of(key, span, raw).intersects(needs)
+                {
+                    continue;
+                }
                 let input = regex_automata::Input::new(spanned(&self.arena, span, raw));
                 if g.single {
                     if g.regex.is_match(input) {

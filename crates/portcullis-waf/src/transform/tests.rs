@@ -274,3 +274,51 @@ fn arbitrary_bytes_never_panic() {
         }
     }
 }
+
+/// Every string of up to `len` bytes over `alphabet`.
+fn all_strings(alphabet: &[u8], len: usize) -> Vec<Vec<u8>> {
+    let mut out = vec![Vec::new()];
+    let mut frontier = vec![Vec::new()];
+    for _ in 0..len {
+        let mut next = Vec::new();
+        for s in &frontier {
+            for &b in alphabet {
+                let mut t: Vec<u8> = s.clone();
+                t.push(b);
+                next.push(t);
+            }
+        }
+        out.extend(next.iter().cloned());
+        frontier = next;
+    }
+    out
+}
+
+#[test]
+fn unchanged_shortcuts_agree_with_the_full_transformations() {
+    // The shortcuts say "unchanged" only when the full transformation leaves the value as it
+    // is; and they say it for most plain values (they are worth having).
+    let mut said = 0;
+    for s in all_strings(b"a/.\\", 6) {
+        for windows in [false, true] {
+            if super::normal_already(&s, windows) {
+                said += 1;
+                assert_eq!(super::normalize_path_slow(&s, windows), &s[..], "{s:?}");
+            }
+        }
+    }
+    assert!(said > 100, "{said}");
+    let mut said = 0;
+    for s in all_strings(b"aA /(,;\t\\'^\"", 4) {
+        if super::cmd_line_already(&s) {
+            said += 1;
+            assert_eq!(super::cmd_line_slow(&s), &s[..], "{s:?}");
+        }
+    }
+    assert!(said > 100, "{said}");
+    assert!(super::cmd_line_already(b"ls -la tmp"));
+    assert!(!super::cmd_line_already(b"ls -la /tmp"));
+    assert!(!super::cmd_line_already(b"ls  -la"));
+    assert!(super::normal_already(b"/products/search", false));
+    assert!(!super::normal_already(b"/a/../b", false));
+}

@@ -1,0 +1,196 @@
+//! The bytes every match of a pattern contains: when a value has none of them, the pattern
+//! cannot match it, and the search is skipped. Most CRS patterns need a quote, a bracket or
+//! some other punctuation that ordinary values lack.
+
+use regex_syntax::hir::{Class, Hir, HirKind};
+
+/// A set of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    fn insert(&mut self, b: u8) {
+        if let Some(word) = self.0.get_mut(usize::from(b >> 6)) {
+            *word |= 1 << (b & 63);
+        }
+    }
+
+    fn contains(self, b: u8) -> bool {
+        self.0
+            .get(usize::from(b >> 6))
+            .is_some_and(|w| w & (1 << (b & 63)) != 0)
+    }
+
+    fn bytes(self) -> impl Iterator<Item = u8> {
+        (0..=255_u8).filter(move |&b| self.contains(b))
+    }
+
+    /// The union of two sets.
+    pub(crate) fn union(self, other: Self) -> Self {
+        let mut out = self;
+        for (a, b) in out.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+        out
+    }
+
+    /// Whether the sets share a byte.
+    pub(crate) fn intersects(self, other: Self) -> bool {
+        self.0.iter().zip(other.0).any(|(a, b)| a & b != 0)
+    }
+
+    /// The bytes of `value`.
+    pub(crate) fn of(value: &[u8]) -> Self {
+        let mut out = Self::default();
+        for &b in value {
+            out.insert(b);
+        }
+        out
+    }
+
+    /// How likely an ordinary value is to hold one of the bytes (smaller is better).
+    pub(crate) fn cost(self) -> u32 {
+        self.bytes().map(weight).sum()
+    }
+}
+
+/// How common a byte is in ordinary request values.
+fn weight(b: u8) -> u32 {
+    match b {
+        b'a'..=b'z' | b' ' => 20,
+        b'A'..=b'Z' | b'0'..=b'9' => 10,
+        b'.' | b'-' | b'_' | b'/' | b':' | b';' | b',' | b'(' | b')' | b'=' | b'&' | b'+' => 5,
+        _ => 1,
+    }
+}
+
+/// The bytes every match of `pattern` contains (see [`need`]).
+#[cfg(test)]
+pub(crate) fn needed(pattern: &str) -> Option<ByteSet> {
+    need(&parse(pattern)?)
+}
+
+/// `pattern` parsed as the group searches compile it: bytes, no Unicode.
+pub(crate) fn parse(pattern: &str) -> Option<Hir> {
+    regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .unicode(false)
+        .build()
+        .parse(pattern)
+        .ok()
+}
+
+/// The bytes every match of `hir` contains, or `None` when it can match without any
+/// particular byte.
+pub(crate) fn need(hir: &Hir) -> Option<ByteSet> {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => None,
+        // Any byte of a literal is in every match: the least common one serves.
+        HirKind::Literal(lit) => {
+            let b = lit.0.iter().copied().min_by_key(|&b| weight(b))?;
+            let mut set = ByteSet::default();
+            set.insert(b);
+            Some(set)
+        }
+        HirKind::Class(Class::Bytes(class)) => {
+            let mut set = ByteSet::default();
+            for r in class.ranges() {
+                for b in r.start()..=r.end() {
+                    set.insert(b);
+                }
+            }
+            Some(set)
+        }
+        HirKind::Class(Class::Unicode(class)) => {
+            let mut set = ByteSet::default();
+            for r in class.ranges() {
+                let (start, end) = (u32::from(r.start()), u32::from(r.end()));
+                if end > 0x7f {
+                    return None;
+                }
+                for c in start..=end {
+                    set.insert(u8::try_from(c).ok()?);
+                }
+            }
+            Some(set)
+        }
+        HirKind::Repetition(rep) if rep.min >= 1 => need(&rep.sub),
+        HirKind::Repetition(_) => None,
+        HirKind::Capture(cap) => need(&cap.sub),
+        // Every part is matched: the part with the rarest bytes serves.
+        HirKind::Concat(parts) => parts.iter().filter_map(need).min_by_key(|set| set.cost()),
+        // One branch is matched: each must need something.
+        HirKind::Alternation(branches) => branches
+            .iter()
+            .map(need)
+            .try_fold(ByteSet::default(), |acc, set| Some(acc.union(set?))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn set(bytes: &[u8]) -> ByteSet {
+        ByteSet::of(bytes)
+    }
+
+    #[test]
+    fn needed_bytes() {
+        assert_eq!(needed("abc<d"), Some(set(b"<")));
+        assert_eq!(needed("(?:a'|b\")"), Some(set(b"'\"")));
+        assert_eq!(needed("x*"), None);
+        assert_eq!(needed("^$"), None);
+        assert_eq!(needed("(?:<|x?)"), None);
+        assert_eq!(needed("[<>]+script"), Some(set(b"<>")));
+        assert_eq!(needed("(?i)on"), Some(set(b"Oo")));
+    }
+
+    #[test]
+    fn a_value_without_the_bytes_never_matches() {
+        // Every pattern here, on every short value over the alphabet: where the value has
+        // none of the needed bytes, the pattern does not match it.
+        let patterns = [
+            "a<b",
+            "(?i)ab+c",
+            "[<>](?:x|y')",
+            "(?:\\bor\\b|'--)",
+            "a(?:b|c)*d",
+            "(?:ab|a\\.)+",
+            "x{2,}",
+            "(?s).<",
+        ];
+        let alphabet = b"abcdxyABXY<>'-.o r";
+        let mut values = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<u8>> = values
+                .iter()
+                .flat_map(|v| {
+                    alphabet.iter().map(move |&b| {
+                        let mut w: Vec<u8> = v.clone();
+                        w.push(b);
+                        w
+                    })
+                })
+                .collect();
+            values.extend(longer);
+        }
+        for p in patterns {
+            let needs = needed(p).unwrap();
+            let re = regex_automata::meta::Regex::builder()
+                .syntax(
+                    regex_automata::util::syntax::Config::new()
+                        .utf8(false)
+                        .unicode(false),
+                )
+                .build(p)
+                .unwrap();
+            for v in &values {
+                if !ByteSet::of(v).intersects(needs) {
+                    assert!(!re.is_match(v.as_slice()), "{p} matched {v:?}");
+                }
+            }
+        }
+    }
+}
