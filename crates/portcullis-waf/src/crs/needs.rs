@@ -41,9 +41,27 @@ impl ByteSet {
 
     /// The bytes of `value`.
     pub(crate) fn of(value: &[u8]) -> Self {
-        let mut out = Self::default();
+        if value.len() < 64 {
+            let mut out = Self::default();
+            for &b in value {
+                out.insert(b);
+            }
+            return out;
+        }
+        // Long values: one independent store per byte, then the table packed into words
+        // (setting bits in place chains every byte on the word before).
+        let mut seen = [false; 256];
         for &b in value {
-            out.insert(b);
+            if let Some(s) = seen.get_mut(usize::from(b)) {
+                *s = true;
+            }
+        }
+        let mut out = Self::default();
+        for (word, chunk) in out.0.iter_mut().zip(seen.chunks_exact(64)) {
+            *word = chunk
+                .iter()
+                .enumerate()
+                .fold(0, |w, (i, &s)| w | (u64::from(s) << i));
         }
         out
     }
@@ -134,6 +152,18 @@ mod tests {
 
     fn set(bytes: &[u8]) -> ByteSet {
         ByteSet::of(bytes)
+    }
+
+    #[test]
+    fn byte_sets_of_short_and_long_values_agree() {
+        let long: Vec<u8> = (0..=255_u8).cycle().step_by(7).take(300).collect();
+        let mut slow = ByteSet::default();
+        for &b in &long {
+            slow.insert(b);
+        }
+        assert_eq!(ByteSet::of(&long), slow);
+        assert!(ByteSet::of(&long).contains(0) && ByteSet::of(&long).contains(255));
+        assert_eq!(ByteSet::of(b"ab"), ByteSet::of(&b"ab".repeat(40)));
     }
 
     #[test]
