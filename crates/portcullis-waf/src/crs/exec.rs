@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
@@ -13,6 +12,10 @@ use crate::operator::Operator;
 use crate::request::Exchange;
 use crate::transform::apply_all;
 use crate::variable::Collection;
+
+/// The hasher of the transaction's maps (`TX` names, value spans): SipHash costs more than
+/// the lookups it serves; foldhash is seeded per process.
+type TxHash = foldhash::fast::RandomState;
 
 /// The most bytes a `TX` variable holds; longer values are cut.
 const MAX_TX_VALUE: usize = 64 * 1024;
@@ -102,7 +105,7 @@ impl Memo {
             groups,
             set: regex_automata::PatternSet::new(super::GROUP_SIZE),
             raw_bytes: vec![None; keys],
-            arena_bytes: HashMap::with_hasher(TxHash::new()),
+            arena_bytes: HashMap::with_hasher(TxHash::default()),
         }
     }
 
@@ -300,7 +303,7 @@ impl Crs {
             ex,
             remote_addr: remote_addr.to_owned(),
             state: Suspended {
-                tx: HashMap::with_capacity_and_hasher(64, TxHash::new()),
+                tx: HashMap::with_capacity_and_hasher(64, TxHash::default()),
                 engine: self.engine,
                 removed_ids: Vec::new(),
                 removed_tags: Vec::new(),
@@ -1011,68 +1014,6 @@ impl Transaction<'_> {
                 text(i.value());
             }
         }
-    }
-}
-
-/// The hasher of `TX` maps: a multiply-rotate hash of short names, seeded per process.
-/// (SipHash costs more than the lookups it serves; a map holds at most [`MAX_TX_VARS`]
-/// names, which bounds what colliding names could cost.)
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TxHash(u64);
-
-impl TxHash {
-    fn new() -> Self {
-        static SEED: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
-            std::collections::hash_map::RandomState::new().hash_one(0_u64) | 1
-        });
-        Self(*SEED)
-    }
-}
-
-impl BuildHasher for TxHash {
-    type Hasher = TxHasher;
-    fn build_hasher(&self) -> TxHasher {
-        TxHasher(self.0)
-    }
-}
-
-/// See [`TxHash`].
-#[derive(Debug)]
-pub(crate) struct TxHasher(u64);
-
-impl TxHasher {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    fn mix(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
-    }
-}
-
-impl Hasher for TxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0_u8; 8];
-            word.copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-        let tail = chunks.remainder();
-        if !tail.is_empty() {
-            let mut word = [0_u8; 8];
-            if let Some(head) = word.get_mut(..tail.len()) {
-                head.copy_from_slice(tail);
-            }
-            self.mix(u64::from_le_bytes(word));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.mix(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.mix(i as u64);
-    }
-    fn finish(&self) -> u64 {
-        // Fold the high bits down: hashbrown takes its control bits from the top.
-        self.0 ^ (self.0 >> 29)
     }
 }
 
