@@ -88,7 +88,58 @@ pub(crate) enum Source {
 pub(crate) enum Select {
     All,
     Name(String),
-    Regex(Arc<Regex>),
+    /// A key regex, with a literal every matching name holds (see [`name_literal`]).
+    Regex(Arc<Regex>, Option<NameLiteral>),
+}
+
+/// A literal that a key regex needs in a name: at its start, or anywhere in it. Names are
+/// tested against it (without case) before the regex runs.
+#[derive(Debug, Clone)]
+pub(crate) struct NameLiteral {
+    anchored: bool,
+    text: Box<[u8]>,
+}
+
+impl NameLiteral {
+    fn admits(&self, name: &[u8]) -> bool {
+        let n = self.text.len();
+        if self.anchored {
+            name.get(..n)
+                .is_some_and(|p| p.eq_ignore_ascii_case(&self.text))
+        } else {
+            name.windows(n).any(|w| w.eq_ignore_ascii_case(&self.text))
+        }
+    }
+}
+
+/// The literal a key regex needs in every name it matches: its leading run of letters,
+/// digits and `_` (after a `^`, at the name's start), without a last character that a
+/// quantifier makes optional; none for a regex with an alternation or a run shorter than
+/// three bytes.
+fn name_literal(src: &str) -> Option<NameLiteral> {
+    if src.contains('|') {
+        return None;
+    }
+    let (anchored, rest) = match src.strip_prefix('^') {
+        Some(rest) => (true, rest),
+        None => (false, src),
+    };
+    let bytes = rest.as_bytes();
+    let run = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+        .count();
+    let optional_last = matches!(bytes.get(run), Some(b'*' | b'?' | b'{'));
+    let len = if optional_last {
+        run.checked_sub(1)?
+    } else {
+        run
+    };
+    let text = bytes.get(..len).filter(|t| t.len() >= 3)?;
+    Some(NameLiteral {
+        anchored,
+        text: text.into(),
+    })
 }
 
 impl Select {
@@ -96,7 +147,10 @@ impl Select {
         match self {
             Self::All => true,
             Self::Name(n) => n.eq_ignore_ascii_case(name),
-            Self::Regex(re) => re.is_match(name.as_bytes()),
+            Self::Regex(re, literal) => {
+                literal.as_ref().is_none_or(|l| l.admits(name.as_bytes()))
+                    && re.is_match(name.as_bytes())
+            }
         }
     }
 }
@@ -1157,17 +1211,20 @@ fn compile_var(origin: &Origin, v: &Variable) -> Result<Var, CrsError> {
         // Member names compare without case; TX names are stored lowercase.
         Some(Key::Name(n)) => Select::Name(n.to_ascii_lowercase()),
         Some(Key::XPath(_)) => Select::All,
-        Some(Key::Regex(src)) => Select::Regex(Arc::new(
-            Regex::builder()
-                .syntax(
-                    syntax::Config::new()
-                        .case_insensitive(true)
-                        .utf8(false)
-                        .unicode(false),
-                )
-                .build(&crate::operator::rewrite_hex_escapes(src))
-                .map_err(|e| err(origin, format!("the key regex of `{}`: {e}", v.name)))?,
-        )),
+        Some(Key::Regex(src)) => Select::Regex(
+            Arc::new(
+                Regex::builder()
+                    .syntax(
+                        syntax::Config::new()
+                            .case_insensitive(true)
+                            .utf8(false)
+                            .unicode(false),
+                    )
+                    .build(&crate::operator::rewrite_hex_escapes(src))
+                    .map_err(|e| err(origin, format!("the key regex of `{}`: {e}", v.name)))?,
+            ),
+            name_literal(src),
+        ),
     };
     Ok(Var {
         source,

@@ -50,7 +50,6 @@ pub struct Transaction<'a> {
     ex: &'a Exchange,
     remote_addr: String,
     state: Suspended,
-    matched_var: Option<(String, Vec<u8>)>,
     matched_vars: Vec<(String, Vec<u8>)>,
     memo: std::cell::RefCell<Memo>,
 }
@@ -313,7 +312,6 @@ impl Crs {
                 outcome: CrsOutcome::default(),
                 allowed: false,
             },
-            matched_var: None,
             matched_vars: Vec::new(),
             memo: std::cell::RefCell::new(Memo::new(self, ex)),
         }
@@ -567,7 +565,7 @@ impl Transaction<'_> {
                 }
             }
         }
-        self.matched_var = matched.last().cloned();
+        // `MATCHED_VAR` is the last of them.
         self.matched_vars = matched;
         true
     }
@@ -766,30 +764,34 @@ impl Transaction<'_> {
         }
     }
 
-    /// Every member of a collection that is not an exchange item, unselected.
+    /// Every member of a collection that is not an exchange item (of `TX`, only the selected
+    /// ones).
     fn members<'v>(&'v self, var: &Var) -> Vec<Member<'v>> {
         let one = |v: Vec<u8>| vec![(Cow::Borrowed(""), Cow::Owned(v), None)];
         match &var.source {
             // Exchange items are visited in place by `for_each_member`.
             Source::Exchange(_) => Vec::new(),
             Source::Tx => {
-                // In name order, as ModSecurity lists them.
+                // The selected ones, in name order, as ModSecurity lists them.
                 let mut all: Vec<Member<'v>> = self
                     .state
                     .tx
                     .iter()
+                    .filter(|(k, _)| var.select.selects(k))
                     .map(|(k, v)| (Cow::Borrowed(&**k), Cow::Borrowed(v.as_slice()), None))
                     .collect();
                 all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 all
             }
             Source::MatchedVar => self
-                .matched_var
+                .matched_vars
+                .last()
                 .iter()
                 .map(|(_, v)| (Cow::Borrowed(""), Cow::Borrowed(v.as_slice()), None))
                 .collect(),
             Source::MatchedVarName => self
-                .matched_var
+                .matched_vars
+                .last()
                 .iter()
                 .map(|(n, _)| (Cow::Borrowed(""), Cow::Borrowed(n.as_bytes()), None))
                 .collect(),
@@ -977,11 +979,11 @@ impl Transaction<'_> {
         }
         let is = |m: &str| name.eq_ignore_ascii_case(m);
         if is("matched_var") {
-            if let Some((_, v)) = &self.matched_var {
+            if let Some((_, v)) = self.matched_vars.last() {
                 text(v);
             }
         } else if is("matched_var_name") {
-            if let Some((n, _)) = &self.matched_var {
+            if let Some((n, _)) = self.matched_vars.last() {
                 text(n.as_bytes());
             }
         } else if is("rule.id") {

@@ -220,3 +220,55 @@ fn pipelines_know_their_prefixes() {
     }
     assert!(with_parent > 10, "{with_parent}");
 }
+
+#[test]
+fn key_regex_literals_are_needed_by_every_match() {
+    use super::name_literal;
+    let lit = |src: &str| name_literal(src).map(|l| (l.anchored, l.text.to_vec()));
+    assert_eq!(
+        lit("^header_name_920450_"),
+        Some((true, b"header_name_920450_".to_vec()))
+    );
+    assert_eq!(
+        lit("MULTIPART_HEADERS_CONTENT_TYPES_*"),
+        Some((false, b"MULTIPART_HEADERS_CONTENT_TYPES".to_vec()))
+    );
+    assert_eq!(
+        lit("paramcounter_.*"),
+        Some((false, b"paramcounter_".to_vec()))
+    );
+    assert_eq!(lit("^ab"), None);
+    assert_eq!(lit("abc|def"), None);
+    assert_eq!(lit("(?i)abc"), None);
+    assert_eq!(lit("ab\\dcd"), None);
+    // The literal never turns away a name the regex matches.
+    let names = [
+        "header_name_920450_x-forwarded",
+        "HEADER_NAME_920450_A",
+        "xparamcounter_1",
+        "multipart_headers_content_type",
+        "multipart_headers_content_types_1",
+        "other",
+    ];
+    for src in [
+        "^header_name_920450_",
+        "MULTIPART_HEADERS_CONTENT_TYPES_*",
+        "paramcounter_.*",
+        "^abc?",
+        "abcd{0,2}x",
+    ] {
+        let re = regex_automata::meta::Regex::builder()
+            .syntax(regex_automata::util::syntax::Config::new().case_insensitive(true))
+            .build(src)
+            .unwrap();
+        let literal = name_literal(src);
+        for name in names {
+            if re.is_match(name) {
+                assert!(
+                    literal.as_ref().is_none_or(|l| l.admits(name.as_bytes())),
+                    "{src} {name}"
+                );
+            }
+        }
+    }
+}
