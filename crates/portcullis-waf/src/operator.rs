@@ -304,7 +304,7 @@ impl Operator {
             Self::Contains(p) => p.is_empty() || value.windows(p.len()).any(|w| w == p.as_slice()),
             Self::BeginsWith(p) => value.starts_with(p),
             Self::EndsWith(p) => value.ends_with(p),
-            Self::Within(p) => !value.is_empty() && p.windows(value.len()).any(|w| w == value),
+            Self::Within(p) => !value.is_empty() && memchr::memmem::find(p, value).is_some(),
             Self::Numeric(cmp, n) => {
                 let v = to_int(value);
                 match cmp {

@@ -239,6 +239,9 @@ impl Memo {
     }
 }
 
+/// The capture groups 0-9 of a match, for `TX.0`-`TX.9`.
+type Groups = Vec<Option<Vec<u8>>>;
+
 /// A member of a collection: its name, its value and, for exchange items, the cache key.
 type Member<'v> = (Cow<'v, str>, Cow<'v, [u8]>, Option<u32>);
 
@@ -464,31 +467,38 @@ impl Transaction<'_> {
     }
 
     fn eval_rule(&mut self, rule: &CRule) -> bool {
-        // Each link's actions run as soon as it matches, before the next link is tested (a
-        // chained rule may read what its parent set, as CRS's 931130 does).
-        for link in &rule.links {
-            if !self.eval_link(rule, link) {
-                return false;
-            }
+        // Each link's actions run as soon as it matches (see `eval_link`), before the next
+        // link is tested: a chained rule may read what its parent set, as CRS's 931130 and
+        // 920450 do.
+        rule.links.iter().all(|link| self.eval_link(rule, link))
+    }
+
+    /// Tests a link and, when it matches, runs its non-disruptive actions as ModSecurity
+    /// does: `setvar` once per matched value, with `MATCHED_VAR` and the captures (`TX.0`-`9`)
+    /// of that value (so a rule can set one `TX` variable per matching header, as 920450
+    /// does); `ctl` once.
+    fn eval_link(&mut self, rule: &CRule, link: &Link) -> bool {
+        if link.always {
             for sv in &link.setvars {
                 self.setvar(sv, rule);
             }
             for ctl in &link.ctls {
                 self.ctl(ctl);
             }
-        }
-        true
-    }
-
-    fn eval_link(&mut self, rule: &CRule, link: &Link) -> bool {
-        if link.always {
             return true;
         }
         if link.prefilter && !self.may_match(link) {
             return false;
         }
-        let mut matched = Vec::new();
-        let mut captured = None;
+        let mut matched: Vec<(String, Vec<u8>, Option<Groups>)> = Vec::new();
+        // A macro operator is expanded and built once per evaluation, not once per value.
+        let expanded = match &link.op {
+            Op::Macro { name, param } => {
+                Some(Operator::compile(name, &self.expand(param, &NO_RULE)).ok())
+            }
+            _ => None,
+        };
+        let expanded = expanded.as_ref().map(Option::as_ref);
         self.for_each_value(rule, link, |val| {
             // MATCHED_VAR(S) hold the transformed value (a chained rule reads it as the
             // parent saw it).
@@ -496,7 +506,7 @@ impl Transaction<'_> {
                 // `multiMatch`: the operator sees the value before the transformations and
                 // after each one that changes it (as ModSecurity runs it).
                 let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
-                let mut result = self.test(link, &value);
+                let mut result = self.test(link, expanded, &value);
                 for t in link.transforms.iter() {
                     if result.0 != link.negated {
                         break;
@@ -505,7 +515,7 @@ impl Transaction<'_> {
                         && changed.as_slice() != &*value
                     {
                         value = Cow::Owned(changed);
-                        result = self.test(link, &value);
+                        result = self.test(link, expanded, &value);
                     }
                 }
                 (result.0, result.1, Some(value.into_owned()))
@@ -514,7 +524,7 @@ impl Transaction<'_> {
                     let (hit, caps) = match grouped {
                         Some(false) => (false, None),
                         Some(true) if !link.capture => (true, None),
-                        _ => self.test(link, value),
+                        _ => self.test(link, expanded, value),
                     };
                     let keep = (hit != link.negated).then(|| value.to_vec());
                     (hit, caps, keep)
@@ -546,27 +556,33 @@ impl Transaction<'_> {
                     name.push(':');
                     name.push_str(&val.member);
                 }
-                matched.push((name, seen.unwrap_or_default()));
-                if caps.is_some() {
-                    captured = caps;
-                }
+                matched.push((name, seen.unwrap_or_default(), caps));
             }
         });
         if matched.is_empty() {
             return false;
         }
-        if let Some(groups) = captured {
-            for (key, text) in CAPTURE_NAMES.iter().zip(groups) {
-                match text {
-                    Some(text) => self.set_tx(key, None, &text),
-                    None => {
-                        self.state.tx.remove(*key);
+        // `MATCHED_VARS` grows match by match; `MATCHED_VAR` is the last so far.
+        self.matched_vars.clear();
+        for (name, value, caps) in matched {
+            if let Some(groups) = caps {
+                for (key, text) in CAPTURE_NAMES.iter().zip(groups) {
+                    match text {
+                        Some(text) => self.set_tx(key, None, &text),
+                        None => {
+                            self.state.tx.remove(*key);
+                        }
                     }
                 }
             }
+            self.matched_vars.push((name, value));
+            for sv in &link.setvars {
+                self.setvar(sv, rule);
+            }
         }
-        // `MATCHED_VAR` is the last of them.
-        self.matched_vars = matched;
+        for ctl in &link.ctls {
+            self.ctl(ctl);
+        }
         true
     }
 
@@ -626,8 +642,14 @@ impl Transaction<'_> {
     }
 
     /// Whether `value` passes the link's operator, with the capture groups when the link
-    /// captures.
-    fn test(&self, link: &Link, value: &[u8]) -> (bool, Option<Vec<Option<Vec<u8>>>>) {
+    /// captures. `expanded` is a macro operator as built for this evaluation (`Some(None)`
+    /// when it did not build: nothing matches it).
+    fn test(
+        &self,
+        link: &Link,
+        expanded: Option<Option<&Operator>>,
+        value: &[u8],
+    ) -> (bool, Option<Groups>) {
         match &link.op {
             Op::Static(Operator::Rx(re)) if link.capture => {
                 if !re.is_match(value) {
@@ -647,13 +669,16 @@ impl Transaction<'_> {
                 (true, Some(groups))
             }
             Op::Static(op) => (op.matches(value), None),
-            Op::Macro { name, param } => {
-                let expanded = self.expand(param, &NO_RULE);
-                (
-                    Operator::compile(name, &expanded).is_ok_and(|op| op.matches(value)),
-                    None,
-                )
-            }
+            Op::Macro { name, param } => match expanded {
+                Some(op) => (op.is_some_and(|op| op.matches(value)), None),
+                None => {
+                    let param = self.expand(param, &NO_RULE);
+                    (
+                        Operator::compile(name, &param).is_ok_and(|op| op.matches(value)),
+                        None,
+                    )
+                }
+            },
             Op::DetectSqli => (detect_sqli(value), None),
             Op::DetectXss => (
                 guarded(|| libinjectionrs::detect_xss(value).is_injection()),

@@ -272,3 +272,39 @@ fn key_regex_literals_are_needed_by_every_match() {
         }
     }
 }
+
+#[test]
+fn setvar_runs_once_per_matched_value_with_its_captures() {
+    // As CRS's 920450: one TX variable per header name, then a chain over them. The
+    // restricted header is not the last one, so the last capture alone would miss it.
+    let rules = r#"
+SecAction "id:1,phase:1,nolog,pass,setvar:'tx.restricted=/proxy/ /lock-token/'"
+SecRule REQUEST_HEADERS_NAMES "@rx ^.*$" "id:2,phase:1,log,pass,capture,t:none,t:lowercase,setvar:'tx.header_name_2_%{tx.0}=/%{tx.0}/',chain"
+    SecRule TX:/^header_name_2_/ "@within %{tx.restricted}" "setvar:tx.hits=+1"
+SecRule ARGS "@rx x" "id:3,phase:1,log,pass,setvar:tx.score=+2"
+SecRule TX:score "@eq 4" "id:4,phase:1,log,pass"
+"#;
+    let c = crs(rules);
+    let (parts, ()) = http::Request::get("/?a=x&b=xx&c=y")
+        .header("proxy", "http://evil.example")
+        .header("accept", "*/*")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let ex = Exchange::from_request(&parts, b"", ParseOptions::default());
+    let mut t = c.transaction(&ex, "127.0.0.1");
+    t.run(1);
+    assert_eq!(t.tx("hits"), Some(&b"1"[..]));
+    assert_eq!(t.tx("header_name_2_proxy"), Some(&b"/proxy/"[..]));
+    assert_eq!(t.tx("header_name_2_accept"), Some(&b"/accept/"[..]));
+    // Two arguments match 3: its score counts twice.
+    assert_eq!(t.tx("score"), Some(&b"4"[..]));
+    let fired: Vec<u32> = t
+        .finish()
+        .matches
+        .iter()
+        .filter(|m| m.logged)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(fired, [2, 3, 4]);
+}
