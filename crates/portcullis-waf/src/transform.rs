@@ -157,7 +157,6 @@ impl Transform {
             Self::JsDecode => backslash_decode(input, Dialect::Js),
             Self::CssDecode => css_decode(input),
             Self::EscapeSeqDecode => backslash_decode(input, Dialect::C),
-            Self::RemoveNulls if memchr::memchr(0, input).is_none() => Cow::Borrowed(input),
             Self::RemoveNulls => filter(input, |b| b != 0),
             Self::ReplaceNulls => map_bytes(input, |b| if b == 0 { b' ' } else { b }),
             Self::CompressWhitespace => compress_whitespace(input),
