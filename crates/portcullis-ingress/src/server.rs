@@ -361,7 +361,10 @@ impl Gateway {
             req.extensions_mut().insert(info.clone());
         }
         let Ok(mut response) = built.service.clone().oneshot(req).await;
-        if let Some(info) = &built.info {
+        if let Some(info) = &built.info
+            && response.extensions().get::<RouteInfo>().is_none()
+        {
+            // Kept when an inner layer refined it (the model, from the body).
             response.extensions_mut().insert(info.clone());
         }
         let ext = response.extensions();

@@ -12,7 +12,9 @@ use http::header::CONTENT_TYPE;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use portcullis_core::{Clock, ConfigError, Problem, Reason, SystemClock, TokenUsage, UsageSource};
+use portcullis_core::{
+    Clock, ConfigError, Problem, Reason, RouteInfo, SystemClock, TokenUsage, UsageSource,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::{Layer, Service};
@@ -176,6 +178,10 @@ struct Budgets {
 /// SSE event, or, for a stream without usage, an estimate from the streamed text. Streams can be
 /// cut off when they run past the budget. The request reaches the inner service with its body
 /// buffered (`Either::Left`), or untouched (`Either::Right`) when it is not an accounted API.
+///
+/// The body's `model` is recorded in the request's [`RouteInfo`] when the route names none, so
+/// inner layers, budgets keyed by `model` and (through the response's extensions) the audit
+/// log see it. A route's own model is never replaced by the client's claim.
 #[derive(Clone)]
 pub struct TokenBudgetLayer {
     budgets: Arc<Budgets>,
@@ -356,23 +362,36 @@ where
         let api = (request.method() == Method::POST)
             .then(|| Api::from_path(request.uri().path()))
             .flatten();
-        let key = budgets.spec.key(request.headers(), request.extensions());
+        let head_key = budgets.spec.key(request.headers(), request.extensions());
+        // A budget counted by model may only learn the model from the body.
+        let key_in_body = head_key.is_none() && budgets.spec.uses_model();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (Some(api), Some(key)) = (api, key) else {
+        let Some(api) = api.filter(|_| head_key.is_some() || key_in_body) else {
             return Box::pin(async move {
                 let response = inner.call(request.map(Either::Right)).await?;
                 Ok(response.map(|body| BudgetBody::Pass { body }))
             });
         };
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
             let bytes = match Limited::new(body, budgets.max_body).collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(_) => return Ok(problem(Reason::BodyTooLarge, None)),
             };
             let Ok(json) = serde_json::from_slice::<Value>(&bytes) else {
                 return Ok(problem(Reason::MalformedRequest, None));
+            };
+            let route = note_model(&mut parts.extensions, &json);
+            let Some(key) =
+                head_key.or_else(|| budgets.spec.key(&parts.headers, &parts.extensions))
+            else {
+                let request = Request::from_parts(parts, Either::Left(Full::new(bytes)));
+                let mut response = inner.call(request).await?;
+                if let Some(route) = route {
+                    response.extensions_mut().insert(route);
+                }
+                return Ok(response.map(|body| BudgetBody::Pass { body }));
             };
             let Some((prompt, completion)) =
                 request_estimate(api, &json, budgets.default_max_tokens)
@@ -401,7 +420,12 @@ where
                 .call(Request::from_parts(parts, Either::Left(Full::new(bytes))))
                 .await
             {
-                Ok(r) => r,
+                Ok(mut r) => {
+                    if let Some(route) = route {
+                        r.extensions_mut().insert(route);
+                    }
+                    r
+                }
                 Err(e) => {
                     reservation.settle(0);
                     return Err(e);
@@ -473,6 +497,20 @@ where
             ))
         })
     }
+}
+
+/// Records the body's `model` in the request's [`RouteInfo`] when the route does not name one
+/// itself (a route's own model is authoritative: a client cannot relabel it), and returns the
+/// updated route for the response, where outer layers such as the audit log read it. A name
+/// that is not valid route text (too long, control characters) is ignored.
+fn note_model(extensions: &mut http::Extensions, json: &Value) -> Option<RouteInfo> {
+    let model = json.get("model").and_then(Value::as_str)?;
+    let route = extensions.get_mut::<RouteInfo>()?;
+    if route.model().is_some() {
+        return None;
+    }
+    *route = route.clone().with_model(model).ok()?;
+    Some(route.clone())
 }
 
 /// Why a reservation was not made.

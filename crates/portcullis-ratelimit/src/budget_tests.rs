@@ -303,3 +303,58 @@ fn configuration_errors() {
         .is_err()
     );
 }
+
+fn on_route(body: Value, route: portcullis_core::RouteInfo) -> Request<Full<Bytes>> {
+    let mut r = chat(body);
+    r.extensions_mut().insert(route);
+    r
+}
+
+#[tokio::test]
+async fn a_budget_by_model_learns_the_model_from_the_body_unless_the_route_names_one() {
+    use portcullis_core::RouteInfo;
+    let l = layer(json!({
+        "key": ["subject", "model"],
+        "budgets": [{"window": "minute", "tokens": 30}],
+    }));
+    let (svc, calls) = service(&l);
+    let ask = |model: &str| {
+        json!({"model": model, "max_tokens": 20,
+        "messages": [{"role": "user", "content": PROMPT}]})
+    };
+    let chat_route = RouteInfo::new("chat").unwrap();
+    // 9 estimated + 20 allowance fit in 30; the mock then reports 9 used, leaving 21.
+    let (status, ext, body) = run(&svc, on_route(ask("small"), chat_route.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        ext.get::<RouteInfo>().and_then(RouteInfo::model),
+        Some("small"),
+        "the response tells outer layers (audit) the model"
+    );
+    let (status, _, _) = run(&svc, on_route(ask("small"), chat_route.clone())).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "29 > 21 left for small"
+    );
+    // Another model has its own account.
+    let (status, ext, _) = run(&svc, on_route(ask("large"), chat_route.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        ext.get::<RouteInfo>().and_then(RouteInfo::model),
+        Some("large")
+    );
+    // A route that names its model is charged to it whatever the body claims.
+    let pinned = chat_route.clone().with_model("small").unwrap();
+    let (status, _, _) = run(&svc, on_route(ask("large"), pinned)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "charged to small");
+    // A model name that is not valid route text is not recorded, so no key: the policy does
+    // not apply, as for any request that lacks what a policy counts by.
+    let before = calls.load(Ordering::SeqCst);
+    let (status, ext, _) = run(&svc, on_route(ask("bad\nname"), chat_route.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ext.get::<RouteInfo>().and_then(RouteInfo::model), None);
+    assert_eq!(calls.load(Ordering::SeqCst), before + 1);
+    // Only the accounts of the two models were charged.
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

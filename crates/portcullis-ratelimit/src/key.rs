@@ -81,6 +81,16 @@ impl KeySpec {
         }
     }
 
+    /// Whether the key includes the model name, which a layer that reads the body may learn
+    /// only there.
+    pub fn uses_model(&self) -> bool {
+        match self {
+            Self::Model => true,
+            Self::Composite(parts) => parts.iter().any(Self::uses_model),
+            _ => false,
+        }
+    }
+
     /// The key of a request, or `None` when the request lacks what the policy counts by (no
     /// principal for a subject policy, no header, ...): the policy does not apply to it.
     pub fn key(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<Key> {
