@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis_ingress::server::{Options, start};
 
 mod common;
@@ -162,6 +162,33 @@ async fn https(
     ))
 }
 
+/// One request over HTTP/2, negotiated by ALPN, to `api.test` with `config`'s client
+/// certificate. Returns the status and the negotiated protocol.
+async fn https_h2(addr: SocketAddr, config: &rustls::ClientConfig) -> (StatusCode, Vec<u8>) {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("api.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let alpn = tls.get_ref().1.alpn_protocol().unwrap_or_default().to_vec();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let req = Request::post("https://api.test/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    (status, alpn)
+}
+
 async fn admin_metrics(admin: SocketAddr) -> String {
     let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -226,6 +253,12 @@ async fn terminates_tls_and_verifies_client_certificates() {
     assert_eq!(served, api_cert.cert_der().to_vec());
     let seen = upstream.last_request().unwrap();
     assert_eq!(seen.headers()["x-forwarded-proto"], "https");
+
+    // HTTP/2, negotiated by ALPN, through the same handshake checks and route stack.
+    let (status, alpn) = https_h2(tls_addr, &client_config(root, Some(&pki.good))).await;
+    assert_eq!((status, alpn.as_slice()), (StatusCode::OK, &b"h2"[..]));
+    let (status, _) = https_h2(tls_addr, &client_config(root, Some(&pki.other))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A certificate from the trusted CA whose identity the policy does not allow: 403.
     let (status, body, _) = https(
