@@ -285,6 +285,8 @@ pub struct Crs {
     pub(crate) parents: Vec<Option<u32>>,
     /// Per phase and step: for a rule with `skipAfter`, the step after its marker.
     pub(crate) jumps: [Vec<usize>; 5],
+    /// The static start of phase 1, run once at load.
+    pub(crate) prelude: Option<exec::Prelude>,
 }
 
 /// A multi-pattern search over up to [`GROUP_SIZE`] `@rx` patterns of rules that read the same
@@ -297,7 +299,8 @@ pub(crate) struct Group {
     /// Whether the group holds one pattern. Its regex is then a leftmost-first search,
     /// which can stop at the first match; a larger group's searches all matches, overlapping.
     pub(crate) single: bool,
-    /// Per pattern, in order: its bit in the group's mask and its pipeline.
+    /// Per distinct pipeline of its patterns: the bits of those patterns in the group's
+    /// mask, and the pipeline.
     pub(crate) members: Vec<(u32, u32)>,
     /// Bytes one of which every match of every pattern contains, when there are such: a
     /// value with none of them is not searched.
@@ -469,7 +472,7 @@ impl Crs {
                 .collect()
         });
         let (pipelines, parents) = with_prefixes(loader.pipelines);
-        Ok(Self {
+        let mut crs = Self {
             groups,
             pipelines,
             parents,
@@ -478,7 +481,10 @@ impl Crs {
             phases,
             block_means,
             engine: loader.engine,
-        })
+            prelude: None,
+        };
+        crs.prelude = Some(crs.prelude());
+        Ok(crs)
     }
 
     /// How many rules (chains count once) the set holds.
@@ -1039,11 +1045,16 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                     regex,
                     single,
                     needs,
-                    members: chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (_, pipeline))| (1_u32 << i, *pipeline))
-                        .collect(),
+                    members: chunk.iter().enumerate().fold(
+                        Vec::new(),
+                        |mut pipes: Vec<(u32, u32)>, (i, (_, pipeline))| {
+                            match pipes.iter_mut().find(|(_, p)| p == pipeline) {
+                                Some((bits, _)) => *bits |= 1 << i,
+                                None => pipes.push((1 << i, *pipeline)),
+                            }
+                            pipes
+                        },
+                    ),
                 });
                 Some(at)
             }));

@@ -51,7 +51,82 @@ pub struct Transaction<'a> {
     remote_addr: String,
     state: Suspended,
     matched_vars: Vec<(String, Vec<u8>)>,
-    memo: std::cell::RefCell<Memo>,
+    memo: std::cell::RefCell<Pooled>,
+    /// Whether phase 1 may start from the rule set's [`Prelude`] (a new transaction).
+    pub(super) fresh: bool,
+}
+
+/// The start of phase 1 worked out once at load time: the rules there that read only `TX`
+/// (CRS's initialisation: defaults, paranoia levels, score counters) decide the same way for
+/// every exchange, since every transaction starts with an empty `TX`. A transaction starts
+/// from their outcome and runs the rest.
+#[derive(Debug, Clone)]
+pub(crate) struct Prelude {
+    tx: HashMap<Arc<str>, Vec<u8>, TxHash>,
+    pub(super) outcome: CrsOutcome,
+    allowed: bool,
+    matched_vars: Vec<(String, Vec<u8>)>,
+    /// The first step of phase 1 not decided by the prelude.
+    pub(super) resume: usize,
+}
+
+/// Whether `rule` decides the same way for every exchange when it runs at the start of
+/// phase 1: it reads only `TX`, its macros name only `TX` and the rule's own match, and it
+/// has no `ctl` (its `setvar`s and disruptive action then follow from `TX` alone).
+pub(crate) fn is_static(rule: &CRule) -> bool {
+    reads_static(rule) && rule_static(rule)
+}
+
+/// Whether the test of `rule`'s first link depends on `TX` alone.
+fn reads_static(rule: &CRule) -> bool {
+    rule.links.first().is_some_and(|link| {
+        link.vars.iter().all(|v| matches!(v.source, Source::Tx))
+            && match &link.op {
+                Op::Macro { param, .. } => macros_static(param),
+                _ => true,
+            }
+    })
+}
+
+/// Whether `text`'s macros name only `TX` and the rule's own match.
+fn macros_static(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("%{") {
+        let after = rest.get(start + 2..).unwrap_or_default();
+        let Some(end) = after.find('}') else {
+            return true;
+        };
+        let name = after.get(..end).unwrap_or_default().to_ascii_lowercase();
+        let known = name.starts_with("tx.")
+            || matches!(
+                name.as_str(),
+                "matched_var" | "matched_var_name" | "rule.id" | "rule.msg"
+            );
+        if !known {
+            return false;
+        }
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    true
+}
+
+/// Whether every link of `rule` and its message depend on `TX` alone, and it has no `ctl`.
+fn rule_static(rule: &CRule) -> bool {
+    rule.msg.as_deref().is_none_or(macros_static)
+        && rule.links.iter().all(|link| {
+            link.ctls.is_empty()
+                && link.vars.iter().all(|v| matches!(v.source, Source::Tx))
+                && match &link.op {
+                    Op::Macro { param, .. } => macros_static(param),
+                    _ => true,
+                }
+                && link.setvars.iter().all(|sv| match sv {
+                    SetVar::Set(name, value)
+                    | SetVar::Add(name, value)
+                    | SetVar::Sub(name, value) => macros_static(name) && macros_static(value),
+                    SetVar::Delete(name) => macros_static(name),
+                })
+        })
 }
 
 /// What a transaction has worked out about the exchange's items, by item key (`2 × item +
@@ -91,21 +166,75 @@ const UNSET: (u32, u32) = (u32::MAX, 0);
 const SAME: (u32, u32) = (u32::MAX - 1, 0);
 const DONE: u32 = 1 << 16;
 
+/// The largest memo kept for the thread's next transaction, in bytes of transformed text:
+/// a transaction over a large body does not pin its memory afterwards.
+const MAX_POOLED_ARENA: usize = 256 * 1024;
+
+thread_local! {
+    /// The memo of the thread's last transaction, kept so the next one reuses its buffers.
+    static MEMO_POOL: std::cell::Cell<Option<Memo>> = const { std::cell::Cell::new(None) };
+}
+
+/// A transaction's memo, handed back to [`MEMO_POOL`] when the transaction ends.
+struct Pooled(Memo);
+
+impl std::ops::Deref for Pooled {
+    type Target = Memo;
+    fn deref(&self) -> &Memo {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Memo {
+        &mut self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.0.arena.capacity() <= MAX_POOLED_ARENA {
+            let memo = std::mem::replace(&mut self.0, Memo::empty());
+            MEMO_POOL.with(|pool| pool.set(Some(memo)));
+        }
+    }
+}
+
 impl Memo {
+    fn empty() -> Self {
+        Self {
+            arena: Vec::new(),
+            spans: Vec::new(),
+            masks: Vec::new(),
+            unions: Vec::new(),
+            pipelines: 0,
+            groups: 0,
+            set: regex_automata::PatternSet::new(super::GROUP_SIZE),
+            raw_bytes: Vec::new(),
+            arena_bytes: HashMap::with_hasher(TxHash::default()),
+        }
+    }
+
+    /// A memo for `ex`, reusing the buffers of the thread's last one.
     fn new(crs: &Crs, ex: &Exchange) -> Self {
         let keys = ex.item_count() * 2;
         let (pipelines, groups) = (crs.pipelines.len(), crs.groups.len());
-        Self {
-            arena: Vec::with_capacity(4096),
-            spans: vec![UNSET; keys * pipelines],
-            masks: vec![0; keys * groups],
-            unions: Vec::new(),
-            pipelines,
-            groups,
-            set: regex_automata::PatternSet::new(super::GROUP_SIZE),
-            raw_bytes: vec![None; keys],
-            arena_bytes: HashMap::with_hasher(TxHash::default()),
-        }
+        let mut memo = MEMO_POOL
+            .with(std::cell::Cell::take)
+            .unwrap_or_else(Self::empty);
+        memo.arena.clear();
+        memo.spans.clear();
+        memo.spans.resize(keys * pipelines, UNSET);
+        memo.masks.clear();
+        memo.masks.resize(keys * groups, 0);
+        memo.unions.clear();
+        memo.pipelines = pipelines;
+        memo.groups = groups;
+        memo.set.clear();
+        memo.raw_bytes.clear();
+        memo.raw_bytes.resize(keys, None);
+        memo.arena_bytes.clear();
+        memo
     }
 
     /// The bytes of item `key`'s value through a pipeline, as `span` (its value `raw`)
@@ -191,7 +320,7 @@ impl Memo {
             let mut classes: [((u32, u32), u32); super::GROUP_SIZE] =
                 [((0, 0), 0); super::GROUP_SIZE];
             let mut count = 0;
-            for &(bit, pipeline) in &g.members {
+            for &(bits, pipeline) in &g.members {
                 let span = self.span(crs, key, pipeline, raw);
                 let value = spanned(&self.arena, span, raw);
                 let seen = classes
@@ -199,10 +328,10 @@ impl Memo {
                     .take(count)
                     .find(|(s, _)| *s == span || spanned(&self.arena, *s, raw) == value);
                 match seen {
-                    Some((_, bits)) => *bits |= bit,
+                    Some((_, seen_bits)) => *seen_bits |= bits,
                     None => {
                         if let Some(slot) = classes.get_mut(count) {
-                            *slot = (span, bit);
+                            *slot = (span, bits);
                             count += 1;
                         }
                     }
@@ -295,6 +424,7 @@ impl Crs {
     ) -> Transaction<'a> {
         let mut t = self.transaction(ex, remote_addr);
         t.state = state;
+        t.fresh = false;
         t
     }
 
@@ -316,7 +446,24 @@ impl Crs {
                 allowed: false,
             },
             matched_vars: Vec::new(),
-            memo: std::cell::RefCell::new(Memo::new(self, ex)),
+            memo: std::cell::RefCell::new(Pooled(Memo::new(self, ex))),
+            fresh: true,
+        }
+    }
+
+    /// Runs the static start of phase 1 (see [`Prelude`]) over an empty exchange.
+    pub(crate) fn prelude(&self) -> Prelude {
+        let (parts, ()) = http::Request::new(()).into_parts();
+        let ex = Exchange::from_request(&parts, &[], crate::ParseOptions::default());
+        let mut t = self.transaction(&ex, "");
+        t.fresh = false;
+        let resume = t.run_from(1, 0, true);
+        Prelude {
+            tx: t.state.tx,
+            outcome: t.state.outcome,
+            allowed: t.state.allowed,
+            matched_vars: t.matched_vars,
+            resume,
         }
     }
 
@@ -365,24 +512,57 @@ fn body_processor_of(ex: &Exchange) -> Option<String> {
 impl Transaction<'_> {
     /// Runs phase `phase` (1-4). Does nothing once a disruptive action has run.
     pub fn run(&mut self, phase: u8) {
+        let mut start = 0;
+        if phase == 1 && std::mem::take(&mut self.fresh) {
+            // Every transaction starts with the same `TX`, so the static start of phase 1
+            // ends the same way: take its outcome.
+            if let Some(prelude) = &self.crs.prelude
+                && self.state.engine == self.crs.engine
+                && self.state.tx.is_empty()
+            {
+                self.state.tx.clone_from(&prelude.tx);
+                self.state.outcome.clone_from(&prelude.outcome);
+                self.state.allowed = prelude.allowed;
+                self.matched_vars.clone_from(&prelude.matched_vars);
+                start = prelude.resume;
+            }
+        }
+        self.run_from(phase, start, false);
+    }
+
+    /// Runs phase `phase` from step `start`; with `static_only`, stops before the first
+    /// rule that is not [`is_static`]. Returns the step it stopped at.
+    fn run_from(&mut self, phase: u8, start: usize, static_only: bool) -> usize {
         if self.state.outcome.status.is_some() || self.state.allowed {
-            return;
+            return start;
         }
         let crs = self.crs;
         let p = usize::from(phase.saturating_sub(1));
         let (Some(steps), Some(jumps)) = (crs.phases.get(p), crs.jumps.get(p)) else {
-            return;
+            return start;
         };
-        let mut i = 0;
+        let mut i = start;
         while let Some(step) = steps.get(i) {
             i += 1;
             if self.state.engine == EngineMode::Off {
-                return;
+                return i - 1;
             }
             let Step::Rule(ri) = step else { continue };
             let Some(rule) = crs.rules.get(*ri) else {
                 continue;
             };
+            if static_only && !is_static(rule) {
+                // A rule whose first link reads only `TX` and does not match is decided too
+                // (its actions never run). A link runs its actions only when it matches.
+                let saved = (self.state.clone(), self.matched_vars.clone());
+                if reads_static(rule)
+                    && rule.links.first().is_some_and(|l| !self.eval_link(rule, l))
+                {
+                    continue;
+                }
+                (self.state, self.matched_vars) = saved;
+                return i - 1;
+            }
             if self.is_removed(rule) || !self.eval_rule(rule) {
                 continue;
             }
@@ -408,11 +588,11 @@ impl Transaction<'_> {
                 match disruptive {
                     Disruptive::Deny | Disruptive::Drop => {
                         self.state.outcome.status = Some(rule.status.unwrap_or(403));
-                        return;
+                        return i;
                     }
                     Disruptive::Allow => {
                         self.state.allowed = true;
-                        return;
+                        return i;
                     }
                     Disruptive::Pass | Disruptive::Block => {}
                 }
@@ -429,6 +609,7 @@ impl Transaction<'_> {
                 }
             }
         }
+        i
     }
 
     /// The outcome so far.

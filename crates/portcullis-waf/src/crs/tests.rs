@@ -308,3 +308,82 @@ SecRule TX:score "@eq 4" "id:4,phase:1,log,pass"
         .collect();
     assert_eq!(fired, [2, 3, 4]);
 }
+
+/// The outcome of running `ex` without the load-time prelude: every rule from the first step.
+fn without_prelude(c: &Crs, ex: &Exchange) -> CrsOutcome {
+    let mut t = c.transaction(ex, "127.0.0.1");
+    t.fresh = false;
+    t.run(1);
+    t.run(2);
+    t.finish()
+}
+
+#[test]
+fn the_static_start_of_phase_one_is_run_once_at_load() {
+    let rules = r#"
+SecDefaultAction "phase:1,log,pass"
+SecDefaultAction "phase:2,log,pass"
+SecAction "id:1,phase:1,nolog,pass,setvar:tx.pl=1,setvar:tx.seen=0"
+SecRule &TX:limit "@eq 0" "id:2,phase:1,nolog,pass,setvar:tx.limit=3"
+SecRule TX:pl "@lt 2" "id:3,phase:1,nolog,pass,skipAfter:END-PL2"
+SecRule ARGS "@rx pl2" "id:4,phase:1,block"
+SecMarker END-PL2
+SecRule &TX:other "@eq 1" "id:5,phase:1,pass,setvar:tx.ua=%{request_headers.user-agent}"
+SecRule ARGS "@rx a" "id:6,phase:1,pass,setvar:tx.seen=+1"
+SecRule TX:seen "@ge 1" "id:7,phase:1,pass"
+SecRule TX:limit "@eq 3" "id:8,phase:2,pass,msg:'limit %{tx.limit}'"
+"#;
+    let c = crs(rules);
+    // The prelude ends where a rule reads the request: rule 6. Rule 5 reads only TX and does
+    // not match, so its request macro never expands; rule 4 is skipped.
+    let prelude = c.prelude.as_ref().unwrap();
+    let at = |id: u32| {
+        c.phases[0]
+            .iter()
+            .position(|s| matches!(s, Step::Rule(r) if c.rules[*r].id == id))
+            .unwrap()
+    };
+    assert_eq!(prelude.resume, at(6));
+    let got: Vec<u32> = prelude.outcome.matches.iter().map(|m| m.id).collect();
+    assert_eq!(got, [1, 2, 3]);
+    // Rule 7 reads TX too, but after rule 6 may have changed it: it runs per request.
+    assert_eq!(ids(&c, "/?q=a"), [6, 7, 8]);
+    assert_eq!(ids(&c, "/?q=b&x=pl2"), [8]);
+    for uri in ["/", "/?q=a", "/?q=b&x=pl2", "/?a=aaa&b=a"] {
+        let ex = get(uri);
+        assert_eq!(
+            c.evaluate_request(&ex, "127.0.0.1"),
+            without_prelude(&c, &ex),
+            "{uri}"
+        );
+    }
+    let out = c.evaluate_request(&get("/"), "127.0.0.1");
+    assert_eq!(out.matches.last().unwrap().msg.as_deref(), Some("limit 3"));
+
+    // A static rule that denies denies every request, from the prelude.
+    let c = crs(r#"
+SecRule &TX:crs_setup_version "@eq 0" "id:9,phase:1,deny,status:500,log"
+SecRule ARGS "@rx a" "id:10,phase:1,pass,log"
+"#);
+    assert_eq!(c.prelude.as_ref().unwrap().outcome.status, Some(500));
+    let ex = get("/?q=a");
+    let out = c.evaluate_request(&ex, "127.0.0.1");
+    assert_eq!(out.status, Some(500));
+    assert_eq!(out, without_prelude(&c, &ex));
+}
+
+#[test]
+fn the_core_rule_set_decides_the_same_with_and_without_its_prelude() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let c = Crs::load_dir(&dir, "", "").unwrap();
+    let prelude = c.prelude.as_ref().unwrap();
+    assert!(prelude.resume > 10, "CRS's initialisation is static");
+    for uri in ["/", "/?q=blue+shoes&page=2", "/?id=1%27%20or%201=1--", "/?x=%3Cscript%3Ealert(1)%3C/script%3E"] {
+        let ex = get(uri);
+        assert_eq!(
+            c.evaluate_request(&ex, "127.0.0.1"),
+            without_prelude(&c, &ex),
+            "{uri}"
+        );
+    }
+}
