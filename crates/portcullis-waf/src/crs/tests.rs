@@ -318,6 +318,18 @@ fn without_prelude(c: &Crs, ex: &Exchange) -> CrsOutcome {
     t.finish()
 }
 
+/// Checks that `c` decides each of `uris` the same with and without its prelude.
+fn same_without_prelude(c: &Crs, uris: &[&str]) {
+    for uri in uris {
+        let ex = get(uri);
+        assert_eq!(
+            c.evaluate_request(&ex, "127.0.0.1"),
+            without_prelude(c, &ex),
+            "{uri}"
+        );
+    }
+}
+
 #[test]
 fn the_static_start_of_phase_one_is_run_once_at_load() {
     let rules = r#"
@@ -349,14 +361,7 @@ SecRule TX:limit "@eq 3" "id:8,phase:2,pass,msg:'limit %{tx.limit}'"
     // Rule 7 reads TX too, but after rule 6 may have changed it: it runs per request.
     assert_eq!(ids(&c, "/?q=a"), [6, 7, 8]);
     assert_eq!(ids(&c, "/?q=b&x=pl2"), [8]);
-    for uri in ["/", "/?q=a", "/?q=b&x=pl2", "/?a=aaa&b=a"] {
-        let ex = get(uri);
-        assert_eq!(
-            c.evaluate_request(&ex, "127.0.0.1"),
-            without_prelude(&c, &ex),
-            "{uri}"
-        );
-    }
+    same_without_prelude(&c, &["/", "/?q=a", "/?q=b&x=pl2", "/?a=aaa&b=a"]);
     let out = c.evaluate_request(&get("/"), "127.0.0.1");
     assert_eq!(out.matches.last().unwrap().msg.as_deref(), Some("limit 3"));
 
@@ -378,12 +383,13 @@ fn the_core_rule_set_decides_the_same_with_and_without_its_prelude() {
     let c = Crs::load_dir(&dir, "", "").unwrap();
     let prelude = c.prelude.as_ref().unwrap();
     assert!(prelude.resume > 10, "CRS's initialisation is static");
-    for uri in ["/", "/?q=blue+shoes&page=2", "/?id=1%27%20or%201=1--", "/?x=%3Cscript%3Ealert(1)%3C/script%3E"] {
-        let ex = get(uri);
-        assert_eq!(
-            c.evaluate_request(&ex, "127.0.0.1"),
-            without_prelude(&c, &ex),
-            "{uri}"
-        );
-    }
+    same_without_prelude(
+        &c,
+        &[
+            "/",
+            "/?q=blue+shoes&page=2",
+            "/?id=1%27%20or%201=1--",
+            "/?x=%3Cscript%3Ealert(1)%3C/script%3E",
+        ],
+    );
 }
