@@ -440,3 +440,91 @@ fn each_pattern_alone_agrees_with_its_group_search() {
     }
     assert!(checked > 1000, "{checked}");
 }
+
+#[test]
+fn the_xss_shortcut_agrees_with_libinjection() {
+    // Values with neither `<` nor `=`: libinjection must find no XSS in any of them, so
+    // skipping it loses nothing.
+    let full = |v: &[u8]| libinjectionrs::detect_xss(v).is_injection();
+    let pieces: &[&[u8]] = &[
+        b"'",
+        b"\"",
+        b"`",
+        b">",
+        b"/",
+        b" ",
+        b"\t",
+        b"\n",
+        b"\x0b",
+        b"\x0c",
+        b"\r",
+        b"!",
+        b"-",
+        b"--",
+        b"?",
+        b"%",
+        b"&",
+        b"#",
+        b":",
+        b";",
+        b"(",
+        b")",
+        b"\\",
+        b"\0",
+        b"on",
+        b"onerror",
+        b"onload",
+        b"javascript",
+        b"vbscript",
+        b"style",
+        b"src",
+        b"href",
+        b"xlink:href",
+        b"formaction",
+        b"import",
+        b"IMPORT",
+        b"entity",
+        b"ENTITY",
+        b"[if",
+        b"xml",
+        b"DOCTYPE",
+        b"!DOCTYPE",
+        b"script",
+        b"alert(1)",
+        b"a",
+        b"x",
+        b"data",
+        b"&#x3c;",
+        b"&lt;",
+    ];
+    // Every string of up to three pieces, then long random ones.
+    let mut checked = 0;
+    for a in pieces {
+        for b in pieces {
+            for c in pieces {
+                let v = [*a, *b, *c].concat();
+                assert!(!full(&v), "{v:?}");
+                checked += 1;
+            }
+        }
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..50_000 {
+        let mut v = Vec::new();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        for n in 0..(state % 12) {
+            let pick = (state >> (n * 5)) as usize % pieces.len();
+            v.extend_from_slice(pieces[pick]);
+        }
+        assert!(!full(&v), "{v:?}");
+        assert!(!exec::detect_xss(&v));
+        checked += 1;
+    }
+    assert!(checked > 100_000, "{checked}");
+    // Values with `<` or `=` still reach libinjection.
+    assert!(exec::detect_xss(b"<script>alert(1)</script>"));
+    assert!(exec::detect_xss(b"x onerror=alert(1)"));
+    assert!(exec::detect_xss(b"\" onmouseover=alert(1) x=\""));
+}
