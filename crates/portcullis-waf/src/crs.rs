@@ -172,13 +172,26 @@ pub(crate) struct Var {
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
     Static(Operator),
-    /// A parameter with `%{...}`: expanded, then compiled, per transaction.
+    /// A parameter with `%{...}`: expanded, then compiled, per evaluation.
     Macro {
         name: String,
         param: String,
+        /// For a parameter that is one `%{tx.NAME}`: the operator built, at load, from the
+        /// value the rule set's static start gives that variable, used while it still holds
+        /// that value (CRS's `@within %{tx.allowed_methods}` and the like).
+        preset: Option<Box<Preset>>,
     },
     DetectSqli,
     DetectXss,
+}
+
+/// A macro operator built ahead for one value of the `TX` variable its parameter names.
+#[derive(Debug, Clone)]
+pub(crate) struct Preset {
+    /// The variable (lowercase, without `tx.`).
+    pub(crate) tx: String,
+    pub(crate) value: Vec<u8>,
+    pub(crate) op: Operator,
 }
 
 /// `setvar`: the `TX` variable's name (lowercase, without `tx.`; shared with the
@@ -488,7 +501,18 @@ impl Crs {
             engine: loader.engine,
             prelude: None,
         };
-        crs.prelude = Some(crs.prelude());
+        let prelude = crs.prelude();
+        for link in crs.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+            if let Op::Macro {
+                name,
+                param,
+                preset,
+            } = &mut link.op
+            {
+                *preset = prelude.preset(name, param).map(Box::new);
+            }
+        }
+        crs.prelude = Some(prelude);
         Ok(crs)
     }
 
@@ -837,6 +861,7 @@ impl Loader<'_> {
             return Ok(Op::Macro {
                 name: name.to_owned(),
                 param: param.to_owned(),
+                preset: None,
             });
         }
         if name == "pmFromFile" || name == "pmf" {

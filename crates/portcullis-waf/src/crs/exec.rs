@@ -70,6 +70,29 @@ pub(crate) struct Prelude {
     pub(super) resume: usize,
 }
 
+impl Prelude {
+    /// The operator `name` built from the value the prelude leaves in the `TX` variable that
+    /// `param` is made of (`%{tx.NAME}` and nothing else), when it has one and it builds.
+    pub(crate) fn preset(&self, name: &str, param: &str) -> Option<super::Preset> {
+        let var = param.strip_prefix("%{")?.strip_suffix('}')?;
+        let var = var
+            .get(..3)
+            .filter(|p| p.eq_ignore_ascii_case("tx."))
+            .and_then(|_| var.get(3..))?;
+        if var.contains(['%', '{', '}']) {
+            return None;
+        }
+        let var = var.to_ascii_lowercase();
+        let value = self.tx.get(var.as_str())?;
+        let op = Operator::compile(name, std::str::from_utf8(value).ok()?).ok()?;
+        Some(super::Preset {
+            tx: var,
+            value: value.clone(),
+            op,
+        })
+    }
+}
+
 /// Whether `rule` decides the same way for every exchange when it runs at the start of
 /// phase 1: it reads only `TX`, its macros name only `TX` and the rule's own match, and it
 /// has no `ctl` (its `setvar`s and disruptive action then follow from `TX` alone).
@@ -706,14 +729,19 @@ impl Transaction<'_> {
             return false;
         }
         let mut matched: Vec<(String, Vec<u8>, Option<Groups>)> = Vec::new();
-        // A macro operator is expanded and built once per evaluation, not once per value.
+        // A macro operator is expanded and built once per evaluation, not once per value,
+        // and not at all while its variable holds the value it was built for at load.
+        let built;
         let expanded = match &link.op {
-            Op::Macro { name, param } => {
-                Some(Operator::compile(name, &self.expand(param, &NO_RULE)).ok())
+            Op::Macro {
+                preset: Some(p), ..
+            } if self.state.tx.get(p.tx.as_str()) == Some(&p.value) => Some(Some(&p.op)),
+            Op::Macro { name, param, .. } => {
+                built = Operator::compile(name, &self.expand(param, &NO_RULE)).ok();
+                Some(built.as_ref())
             }
             _ => None,
         };
-        let expanded = expanded.as_ref().map(Option::as_ref);
         self.for_each_value(rule, link, |val| {
             // MATCHED_VAR(S) hold the transformed value (a chained rule reads it as the
             // parent saw it).
@@ -884,7 +912,7 @@ impl Transaction<'_> {
                 (true, Some(groups))
             }
             Op::Static(op) => (op.matches(value), None),
-            Op::Macro { name, param } => match expanded {
+            Op::Macro { name, param, .. } => match expanded {
                 Some(op) => (op.is_some_and(|op| op.matches(value)), None),
                 None => {
                     let param = self.expand(param, &NO_RULE);

@@ -528,3 +528,21 @@ fn the_xss_shortcut_agrees_with_libinjection() {
     assert!(exec::detect_xss(b"x onerror=alert(1)"));
     assert!(exec::detect_xss(b"\" onmouseover=alert(1) x=\""));
 }
+
+#[test]
+fn a_macro_operator_built_at_load_is_used_only_while_its_variable_is_unchanged() {
+    let c = crs(r#"
+SecAction "id:1,phase:1,nolog,pass,setvar:tx.allowed=GET POST"
+SecRule ARGS:m "@rx ." "id:2,phase:1,nolog,pass,setvar:tx.allowed=%{matched_var}"
+SecRule REQUEST_METHOD "!@within %{tx.allowed}" "id:3,phase:1,log,pass"
+"#);
+    let rule = c.rules.iter().find(|r| r.id == 3).unwrap();
+    assert!(matches!(
+        &rule.links[0].op,
+        Op::Macro { preset: Some(p), .. } if p.tx == "allowed" && p.value == b"GET POST"
+    ));
+    assert!(ids(&c, "/").is_empty());
+    // The request changes the variable: the operator is built from its new value.
+    assert_eq!(ids(&c, "/?m=PUT"), [3]);
+    assert!(ids(&c, "/?m=GET").is_empty());
+}
