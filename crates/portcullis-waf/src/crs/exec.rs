@@ -161,6 +161,9 @@ struct Memo {
     /// Per (key, pipeline): the transformed value's span in `arena`, [`UNSET`] until
     /// computed, [`SAME`] when the pipeline leaves the value as it is.
     spans: Vec<(u32, u32)>,
+    /// Per key: its row in `spans` and `masks`, once it has one ([`NO_ROW`] until then):
+    /// most items are read by few pipelines and groups, so rows are made when first used.
+    rows: Vec<u32>,
     /// Per (key, group): [`DONE`] and the mask of the group's patterns that match.
     masks: Vec<u32>,
     /// Per (collection, group): [`DONE`] and the union of the masks of its items.
@@ -188,6 +191,7 @@ fn spanned<'v>(arena: &'v [u8], span: (u32, u32), raw: &'v [u8]) -> &'v [u8] {
 const UNSET: (u32, u32) = (u32::MAX, 0);
 const SAME: (u32, u32) = (u32::MAX - 1, 0);
 const DONE: u32 = 1 << 16;
+const NO_ROW: u32 = u32::MAX;
 /// The most patterns of a group that a value is searched by one at a time rather than by the
 /// group's search.
 const SOLO_MAX: u32 = 2;
@@ -231,6 +235,7 @@ impl Memo {
         Self {
             arena: Vec::new(),
             spans: Vec::new(),
+            rows: Vec::new(),
             masks: Vec::new(),
             unions: Vec::new(),
             pipelines: 0,
@@ -250,9 +255,9 @@ impl Memo {
             .unwrap_or_else(Self::empty);
         memo.arena.clear();
         memo.spans.clear();
-        memo.spans.resize(keys * pipelines, UNSET);
         memo.masks.clear();
-        memo.masks.resize(keys * groups, 0);
+        memo.rows.clear();
+        memo.rows.resize(keys, NO_ROW);
         memo.unions.clear();
         memo.pipelines = pipelines;
         memo.groups = groups;
@@ -261,6 +266,24 @@ impl Memo {
         memo.raw_bytes.resize(keys, None);
         memo.arena_bytes.clear();
         memo
+    }
+
+    /// Item `key`'s row in `spans` and `masks`, made when first asked for.
+    fn row(&mut self, key: u32) -> usize {
+        match self.rows.get(key as usize) {
+            Some(&row) if row != NO_ROW => row as usize,
+            Some(_) => {
+                let row = self.spans.len() / self.pipelines.max(1);
+                self.spans.resize(self.spans.len() + self.pipelines, UNSET);
+                self.masks.resize(self.masks.len() + self.groups, 0);
+                if let (Some(slot), Ok(r)) = (self.rows.get_mut(key as usize), u32::try_from(row)) {
+                    *slot = r;
+                }
+                row
+            }
+            // Not an item of the exchange: a row no lookup finds.
+            None => usize::MAX / 2 / self.pipelines.max(self.groups).max(1),
+        }
     }
 
     /// The bytes of item `key`'s value through a pipeline, as `span` (its value `raw`)
@@ -285,7 +308,7 @@ impl Memo {
     /// The span of item `key`'s value `raw` through pipeline `pipeline`: its parent's value
     /// (cached, so shared prefixes run once) through its last transformation.
     fn span(&mut self, crs: &Crs, key: u32, pipeline: u32, raw: &[u8]) -> (u32, u32) {
-        let at = key as usize * self.pipelines + pipeline as usize;
+        let at = self.row(key) * self.pipelines + pipeline as usize;
         if let Some(&span) = self.spans.get(at).filter(|s| **s != UNSET) {
             return span;
         }
@@ -336,7 +359,7 @@ impl Memo {
     /// Which patterns of `group` match item `key` (raw value `raw`), each on its own
     /// pipeline's value: one search per distinct value the members' pipelines make.
     fn mask(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
-        let at = key as usize * self.groups + group as usize;
+        let at = self.row(key) * self.groups + group as usize;
         if let Some(&m) = self.masks.get(at).filter(|m| **m & DONE != 0) {
             return m;
         }
