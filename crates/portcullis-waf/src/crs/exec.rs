@@ -196,9 +196,9 @@ const NO_ROW: u32 = u32::MAX;
 /// group's search.
 const SOLO_MAX: u32 = 2;
 
-/// The largest memo kept for the thread's next transaction, in bytes of transformed text:
-/// a transaction over a large body does not pin its memory afterwards.
-const MAX_POOLED_ARENA: usize = 256 * 1024;
+/// The largest memo kept for the thread's next transaction, in bytes (transformed text and
+/// per-item tables): a transaction over a large body does not pin its memory afterwards.
+const MAX_POOLED_BYTES: usize = 1024 * 1024;
 
 thread_local! {
     /// The memo of the thread's last transaction, kept so the next one reuses its buffers.
@@ -223,7 +223,7 @@ impl std::ops::DerefMut for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if self.0.arena.capacity() <= MAX_POOLED_ARENA {
+        if self.0.retained_bytes() <= MAX_POOLED_BYTES {
             let memo = std::mem::replace(&mut self.0, Memo::empty());
             MEMO_POOL.with(|pool| pool.set(Some(memo)));
         }
@@ -244,6 +244,15 @@ impl Memo {
             raw_bytes: Vec::new(),
             arena_bytes: HashMap::with_hasher(TxHash::default()),
         }
+    }
+
+    /// The bytes its buffers hold on to.
+    fn retained_bytes(&self) -> usize {
+        self.arena.capacity()
+            + self.spans.capacity() * std::mem::size_of::<(u32, u32)>()
+            + (self.rows.capacity() + self.masks.capacity() + self.unions.capacity()) * 4
+            + self.raw_bytes.capacity() * std::mem::size_of::<Option<ByteSet>>()
+            + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
     }
 
     /// A memo for `ex`, reusing the buffers of the thread's last one.
@@ -1433,5 +1442,39 @@ fn xml_values(body: &[u8], attributes: bool) -> Vec<Vec<u8>> {
 fn push_text(out: &mut Vec<Vec<u8>>, text: &[u8]) {
     if text.iter().any(|b| !b.is_ascii_whitespace()) {
         out.push(text.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::request::ParseOptions;
+
+    fn form(body: &[u8]) -> Exchange {
+        let (parts, ()) = http::Request::post("/")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Exchange::from_request(&parts, body, ParseOptions::default())
+    }
+
+    #[test]
+    fn a_large_transaction_does_not_leave_its_memo_to_the_thread() {
+        let rules = r#"SecRule ARGS "@rx zz" "id:1,phase:2,pass,t:lowercase""#;
+        let c = Crs::load(
+            &[("t.conf".to_owned(), rules.to_owned())],
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let pooled = || MEMO_POOL.with(|p| p.take()).map(|m| m.retained_bytes());
+        c.evaluate_request(&form(b"a=ABC"), "127.0.0.1");
+        assert!(pooled().is_some_and(|b| b <= MAX_POOLED_BYTES));
+        // Lowercasing 2 MiB of arguments fills the arena beyond the bound.
+        let big = format!("a={}", "X".repeat(2 << 20));
+        c.evaluate_request(&form(big.as_bytes()), "127.0.0.1");
+        assert_eq!(pooled(), None);
     }
 }
