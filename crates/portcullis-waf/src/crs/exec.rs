@@ -102,13 +102,16 @@ pub(crate) fn is_static(rule: &CRule) -> bool {
 
 /// Whether the test of `rule`'s first link depends on `TX` alone.
 fn reads_static(rule: &CRule) -> bool {
-    rule.links.first().is_some_and(|link| {
-        link.vars.iter().all(|v| matches!(v.source, Source::Tx))
-            && match &link.op {
-                Op::Macro { param, .. } => macros_static(param),
-                _ => true,
-            }
-    })
+    rule.links.first().is_some_and(link_reads_static)
+}
+
+/// Whether `link`'s test depends on `TX` alone: its variables and its operator's macros.
+fn link_reads_static(link: &Link) -> bool {
+    link.vars.iter().all(|v| matches!(v.source, Source::Tx))
+        && match &link.op {
+            Op::Macro { param, .. } => macros_static(param),
+            _ => true,
+        }
 }
 
 /// Whether `text`'s macros name only `TX` and the rule's own match.
@@ -138,11 +141,7 @@ fn rule_static(rule: &CRule) -> bool {
     rule.msg.as_deref().is_none_or(macros_static)
         && rule.links.iter().all(|link| {
             link.ctls.is_empty()
-                && link.vars.iter().all(|v| matches!(v.source, Source::Tx))
-                && match &link.op {
-                    Op::Macro { param, .. } => macros_static(param),
-                    _ => true,
-                }
+                && link_reads_static(link)
                 && link.setvars.iter().all(|sv| match sv {
                     SetVar::Set(name, value)
                     | SetVar::Add(name, value)
@@ -396,21 +395,24 @@ impl Memo {
                 }
             }
             for &(span, bits) in classes.iter().take(count) {
+                // (Needed by the group's screen, and by the per-pattern one below.)
+                let bytes = if g.needs.is_some() || !g.single {
+                    self.bytes_of(key, span, raw)
+                } else {
+                    ByteSet::default()
+                };
                 // A value with none of the bytes every match needs is not searched.
-                if let Some(needs) = g.needs
-                    && !self.bytes_of(key, span, raw).intersects(needs)
-                {
+                if g.needs.is_some_and(|needs| !bytes.intersects(needs)) {
                     continue;
                 }
+                let value = spanned(&self.arena, span, raw);
                 if g.single {
-                    if g.regex.is_match(spanned(&self.arena, span, raw)) {
+                    if g.regex.is_match(value) {
                         mask |= bits;
                     }
                     continue;
                 }
                 // The patterns that could match: those with one of the bytes they need.
-                let bytes = self.bytes_of(key, span, raw);
-                let value = spanned(&self.arena, span, raw);
                 let live = g
                     .solo
                     .iter()
@@ -420,21 +422,18 @@ impl Memo {
                     })
                     .fold(0_u32, |live, (i, _)| live | 1 << i);
                 if live.count_ones() <= SOLO_MAX {
-                    // Few enough to search each alone (with its own literals).
-                    let mut alone = 0;
-                    for (i, (_, re)) in g.solo.iter().enumerate() {
-                        if live & (1 << i) != 0 {
-                            match re {
-                                Some(re) if re.is_match(value) => alone |= 1 << i,
-                                Some(_) => {}
-                                None => {
-                                    alone = u32::MAX;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    if alone != u32::MAX {
+                    // Few enough to search each alone (with its own literals), when each has
+                    // its own regex.
+                    let alone = g
+                        .solo
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| live & (1 << i) != 0)
+                        .try_fold(0_u32, |found, (i, (_, re))| {
+                            re.as_ref()
+                                .map(|re| found | u32::from(re.is_match(value)) << i)
+                        });
+                    if let Some(alone) = alone {
                         mask |= alone;
                         continue;
                     }
@@ -641,12 +640,13 @@ impl Transaction<'_> {
                 continue;
             };
             if static_only && !is_static(rule) {
+                if !reads_static(rule) {
+                    return i - 1;
+                }
                 // A rule whose first link reads only `TX` and does not match is decided too
                 // (its actions never run). A link runs its actions only when it matches.
                 let saved = (self.state.clone(), self.matched_vars.clone());
-                if reads_static(rule)
-                    && rule.links.first().is_some_and(|l| !self.eval_link(rule, l))
-                {
+                if rule.links.first().is_some_and(|l| !self.eval_link(rule, l)) {
                     continue;
                 }
                 (self.state, self.matched_vars) = saved;
@@ -767,10 +767,10 @@ impl Transaction<'_> {
         let expanded = match &link.op {
             Op::Macro {
                 preset: Some(p), ..
-            } if self.state.tx.get(p.tx.as_str()) == Some(&p.value) => Some(Some(&p.op)),
+            } if self.state.tx.get(p.tx.as_str()) == Some(&p.value) => Some(&p.op),
             Op::Macro { name, param, .. } => {
                 built = Operator::compile(name, &self.expand(param, &NO_RULE)).ok();
-                Some(built.as_ref())
+                built.as_ref()
             }
             _ => None,
         };
@@ -917,12 +917,12 @@ impl Transaction<'_> {
     }
 
     /// Whether `value` passes the link's operator, with the capture groups when the link
-    /// captures. `expanded` is a macro operator as built for this evaluation (`Some(None)`
+    /// captures. `expanded` is the link's macro operator as built for this evaluation (`None`
     /// when it did not build: nothing matches it).
     fn test(
         &self,
         link: &Link,
-        expanded: Option<Option<&Operator>>,
+        expanded: Option<&Operator>,
         value: &[u8],
     ) -> (bool, Option<Groups>) {
         match &link.op {
@@ -944,16 +944,7 @@ impl Transaction<'_> {
                 (true, Some(groups))
             }
             Op::Static(op) => (op.matches(value), None),
-            Op::Macro { name, param, .. } => match expanded {
-                Some(op) => (op.is_some_and(|op| op.matches(value)), None),
-                None => {
-                    let param = self.expand(param, &NO_RULE);
-                    (
-                        Operator::compile(name, &param).is_ok_and(|op| op.matches(value)),
-                        None,
-                    )
-                }
-            },
+            Op::Macro { .. } => (expanded.is_some_and(|op| op.matches(value)), None),
             Op::DetectSqli => (detect_sqli(value), None),
             Op::DetectXss => (detect_xss(value), None),
         }
