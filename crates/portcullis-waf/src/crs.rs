@@ -24,6 +24,7 @@ use crate::variable::Collection;
 
 mod exec;
 pub mod ftw;
+mod gate;
 mod needs;
 
 pub use exec::{CrsMatch, CrsOutcome, Suspended, Transaction};
@@ -204,6 +205,17 @@ pub(crate) enum SetVar {
     Delete(Arc<str>),
 }
 
+impl SetVar {
+    /// The variable's name.
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Self::Set(name, _) | Self::Add(name, _) | Self::Sub(name, _) | Self::Delete(name) => {
+                name
+            }
+        }
+    }
+}
+
 /// `ctl:`.
 #[derive(Debug, Clone)]
 pub(crate) enum Ctl {
@@ -296,10 +308,17 @@ pub struct Crs {
     /// Per pipeline of two or more transformations: the pipeline without its last one (so a
     /// value goes through each shared prefix once).
     pub(crate) parents: Vec<Option<u32>>,
+    /// Per pipeline: the bytes without which it leaves a value as it is (the union of its
+    /// transformations' [`Transform::trigger`]s), when each of them has such bytes.
+    pub(crate) triggers: Vec<Option<needs::ByteSet>>,
     /// Per phase and step: for a rule with `skipAfter`, the step after its marker.
     pub(crate) jumps: [Vec<usize>; 5],
     /// The static start of phase 1, run once at load.
     pub(crate) prelude: Option<exec::Prelude>,
+    /// Per phase and step: what is known of its rule before it runs.
+    pub(crate) gates: [Vec<gate::Gate>; 5],
+    /// The `MATCHED_VARS` of the rules whose gate is [`gate::Gate::Always`].
+    pub(crate) fixed: Vec<exec::MatchedVars>,
 }
 
 /// A multi-pattern search over up to [`GROUP_SIZE`] `@rx` patterns of rules that read the same
@@ -490,16 +509,27 @@ impl Crs {
                 .collect()
         });
         let (pipelines, parents) = with_prefixes(loader.pipelines);
+        let triggers = pipelines
+            .iter()
+            .map(|p| {
+                p.iter().try_fold(needs::ByteSet::default(), |set, t| {
+                    Some(set.union(needs::ByteSet::matching(t.trigger()?)))
+                })
+            })
+            .collect();
         let mut crs = Self {
             groups,
             pipelines,
             parents,
+            triggers,
             jumps,
             rules,
             phases,
             block_means,
             engine: loader.engine,
             prelude: None,
+            gates: Default::default(),
+            fixed: Vec::new(),
         };
         let prelude = crs.prelude();
         for link in crs.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
@@ -513,6 +543,7 @@ impl Crs {
             }
         }
         crs.prelude = Some(prelude);
+        (crs.gates, crs.fixed) = gate::gates(&crs);
         Ok(crs)
     }
 

@@ -36,6 +36,8 @@ mod request;
 mod rule;
 pub mod seclang;
 mod service;
+#[cfg(test)]
+mod testing;
 mod text;
 mod transform;
 mod variable;

@@ -140,7 +140,45 @@ impl Transform {
             .map_or("unknown", |(n, _)| n)
     }
 
-    /// Applies the transformation.
+    /// A test for the bytes without which the transformation leaves a value as it is (each
+    /// implementation below returns its input unchanged when the value has none of them), or
+    /// `None` for those that change any value. Values go through a rule set's pipelines
+    /// untouched when they hold none of the bytes of any of their transformations.
+    pub(crate) fn trigger(self) -> Option<fn(u8) -> bool> {
+        Some(match self {
+            Self::Lowercase => |b: u8| b.is_ascii_uppercase(),
+            Self::UrlDecode | Self::UrlDecodeUni => |b| matches!(b, b'%' | b'+'),
+            Self::Utf8ToUnicode | Self::NormalizeText => |b| !b.is_ascii(),
+            Self::HtmlEntityDecode => |b| b == b'&',
+            Self::JsDecode | Self::CssDecode | Self::EscapeSeqDecode => |b| b == b'\\',
+            Self::RemoveNulls | Self::ReplaceNulls => |b| b == 0,
+            Self::CompressWhitespace
+            | Self::RemoveWhitespace
+            | Self::Trim
+            | Self::TrimLeft
+            | Self::TrimRight => is_space,
+            Self::RemoveComments => |b| matches!(b, b'/' | b'<' | b'-' | b'#'),
+            Self::RemoveCommentsChar => |b| matches!(b, b'/' | b'*' | b'<' | b'-' | b'#'),
+            Self::ReplaceComments => |b| b == b'/',
+            // Without `/`, a path is one segment, which changes only when it is `.` or `..`.
+            Self::NormalizePath => |b| matches!(b, b'/' | b'.'),
+            Self::NormalizePathWin => |b| matches!(b, b'/' | b'.' | b'\\'),
+            Self::CmdLine => |b| {
+                matches!(b, b'\\' | b'"' | b'\'' | b'^' | b',' | b';')
+                    || is_space(b)
+                    || b.is_ascii_uppercase()
+            },
+            Self::Base64Decode
+            | Self::Base64DecodeExt
+            | Self::HexEncode
+            | Self::Sha1
+            | Self::Length
+            | Self::DecodeBlobs => return None,
+        })
+    }
+
+    /// Applies the transformation: `Borrowed` (the input itself) when it leaves the value as
+    /// it is, else `Owned`.
     pub fn apply(self, input: &[u8]) -> Cow<'_, [u8]> {
         match self {
             Self::Lowercase => {
@@ -824,7 +862,12 @@ fn trim(input: &[u8], left: bool, right: bool) -> Cow<'_, [u8]> {
             s = rest;
         }
     }
-    Cow::Borrowed(s)
+    // `Borrowed` means unchanged (see `Transform::apply`).
+    if s.len() == input.len() {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(s.to_vec())
+    }
 }
 
 #[cfg(test)]

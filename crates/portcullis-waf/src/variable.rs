@@ -99,6 +99,11 @@ const COLLECTIONS: &[(&str, Collection)] = &[
 ];
 
 impl Collection {
+    /// Every collection.
+    pub(crate) fn all() -> impl Iterator<Item = Self> {
+        COLLECTIONS.iter().map(|(_, c)| *c)
+    }
+
     /// The ModSecurity-style name.
     pub fn name(self) -> &'static str {
         COLLECTIONS

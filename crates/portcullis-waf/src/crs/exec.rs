@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
 
+use super::gate::{self, Gate};
 use super::needs::ByteSet;
 use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, Select, SetVar, Source, Step, Var};
 use crate::operator::Operator;
@@ -21,6 +22,9 @@ type TxHash = foldhash::fast::RandomState;
 const MAX_TX_VALUE: usize = 64 * 1024;
 /// The most `TX` variables a transaction holds.
 const MAX_TX_VARS: usize = 1024;
+
+/// `MATCHED_VARS`: each matched variable's name and (transformed) value, in order.
+pub(crate) type MatchedVars = Vec<(String, Vec<u8>)>;
 
 /// A rule that matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub struct Transaction<'a> {
     state: Suspended,
     matched_vars: Vec<(String, Vec<u8>)>,
     memo: std::cell::RefCell<Pooled>,
+    /// The collections of the exchange that hold items ([`gate::bit`]).
+    filled: u64,
     /// Whether phase 1 may start from the rule set's [`Prelude`] (a new transaction).
     pub(super) fresh: bool,
 }
@@ -316,6 +322,13 @@ impl Memo {
     /// The span of item `key`'s value `raw` through pipeline `pipeline`: its parent's value
     /// (cached, so shared prefixes run once) through its last transformation.
     fn span(&mut self, crs: &Crs, key: u32, pipeline: u32, raw: &[u8]) -> (u32, u32) {
+        // A value with none of the bytes the pipeline's transformations act on passes
+        // through it as it is.
+        if let Some(Some(trigger)) = crs.triggers.get(pipeline as usize)
+            && !self.bytes_of(key, SAME, raw).intersects(*trigger)
+        {
+            return SAME;
+        }
         let at = self.row(key) * self.pipelines + pipeline as usize;
         if let Some(&span) = self.spans.get(at).filter(|s| **s != UNSET) {
             return span;
@@ -492,6 +505,9 @@ pub struct Suspended {
     body_processor: Option<String>,
     outcome: CrsOutcome,
     allowed: bool,
+    /// Whether the transaction started from the rule set's [`Prelude`] (so the `TX`
+    /// variables no later rule sets hold the prelude's values).
+    from_prelude: bool,
 }
 
 impl Suspended {
@@ -532,9 +548,11 @@ impl Crs {
                 body_processor: body_processor_of(ex),
                 outcome: CrsOutcome::default(),
                 allowed: false,
+                from_prelude: false,
             },
             matched_vars: Vec::new(),
             memo: std::cell::RefCell::new(Pooled(Memo::new(self, ex))),
+            filled: gate::filled(ex),
             fresh: true,
         }
     }
@@ -553,6 +571,36 @@ impl Crs {
             matched_vars: t.matched_vars,
             resume,
         }
+    }
+
+    /// The verdicts of the first links of rules `candidates` (indexes), each tested in a
+    /// transaction over an empty exchange at the end of the prelude: per rule, the matched
+    /// variables when it matches. Empty without a prelude.
+    pub(crate) fn verdicts(&self, candidates: &[usize]) -> HashMap<usize, Option<MatchedVars>> {
+        let mut out = HashMap::new();
+        let Some(prelude) = &self.prelude else {
+            return out;
+        };
+        let (parts, ()) = http::Request::new(()).into_parts();
+        let ex = Exchange::from_request(&parts, &[], crate::ParseOptions::default());
+        let mut t = self.transaction(&ex, "");
+        t.fresh = false;
+        let mut dirty = true;
+        for &r in candidates {
+            let Some((rule, link)) = self.rules.get(r).and_then(|x| Some((x, x.links.first()?)))
+            else {
+                continue;
+            };
+            if dirty {
+                // A link that matched ran its actions: start the next from the prelude again.
+                t.state.tx.clone_from(&prelude.tx);
+                t.state.outcome.clone_from(&prelude.outcome);
+                t.matched_vars.clone_from(&prelude.matched_vars);
+            }
+            dirty = t.eval_link(rule, link);
+            out.insert(r, dirty.then(|| t.matched_vars.clone()));
+        }
+        out
     }
 
     /// Runs all four phases over `ex`, whose response has been set
@@ -612,6 +660,7 @@ impl Transaction<'_> {
                 self.state.outcome.clone_from(&prelude.outcome);
                 self.state.allowed = prelude.allowed;
                 self.matched_vars.clone_from(&prelude.matched_vars);
+                self.state.from_prelude = true;
                 start = prelude.resume;
             }
         }
@@ -629,6 +678,7 @@ impl Transaction<'_> {
         let (Some(steps), Some(jumps)) = (crs.phases.get(p), crs.jumps.get(p)) else {
             return start;
         };
+        let gates = crs.gates.get(p).map_or(&[][..], Vec::as_slice);
         let mut i = start;
         while let Some(step) = steps.get(i) {
             i += 1;
@@ -636,6 +686,20 @@ impl Transaction<'_> {
                 return i - 1;
             }
             let Step::Rule(ri) = step else { continue };
+            let gate = gates.get(i - 1).copied().unwrap_or(Gate::Open);
+            if let Gate::Reads(bits) = gate
+                && bits & self.filled == 0
+                && (bits & gate::XML == 0 || self.state.body_processor.as_deref() != Some("XML"))
+            {
+                // Nothing to read: the rule cannot match.
+                continue;
+            }
+            let decided = self.state.from_prelude
+                && self.state.removed_targets_by_id.is_empty()
+                && self.state.removed_targets_by_tag.is_empty();
+            if gate == Gate::Never && decided {
+                continue;
+            }
             let Some(rule) = crs.rules.get(*ri) else {
                 continue;
             };
@@ -652,7 +716,17 @@ impl Transaction<'_> {
                 (self.state, self.matched_vars) = saved;
                 return i - 1;
             }
-            if self.is_removed(rule) || !self.eval_rule(rule) {
+            let matched = match gate {
+                Gate::Always(at) if decided => {
+                    let fixed = crs.fixed.get(at as usize);
+                    if let Some(fixed) = fixed.filter(|_| !self.is_removed(rule)) {
+                        self.matched_vars.clone_from(fixed);
+                    }
+                    fixed.is_some() && !self.is_removed(rule)
+                }
+                _ => !self.is_removed(rule) && self.eval_rule(rule),
+            };
+            if !matched {
                 continue;
             }
             let msg = rule

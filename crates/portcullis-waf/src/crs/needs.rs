@@ -25,6 +25,15 @@ impl ByteSet {
         (0..=255_u8).filter(move |&b| self.contains(b))
     }
 
+    /// The bytes that pass `test`.
+    pub(crate) fn matching(test: impl Fn(u8) -> bool) -> Self {
+        let mut out = Self::default();
+        for b in (0..=255_u8).filter(|b| test(*b)) {
+            out.insert(b);
+        }
+        out
+    }
+
     /// The union of two sets.
     pub(crate) fn union(self, other: Self) -> Self {
         let mut out = self;

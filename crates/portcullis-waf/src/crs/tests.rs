@@ -309,16 +309,19 @@ SecRule TX:score "@eq 4" "id:4,phase:1,log,pass"
     assert_eq!(fired, [2, 3, 4]);
 }
 
-/// The outcome of running `ex` without the load-time prelude: every rule from the first step.
+/// The outcome of running `ex` without the load-time prelude (every rule from the first
+/// step) and without the gates (every rule evaluated).
 fn without_prelude(c: &Crs, ex: &Exchange) -> CrsOutcome {
-    let mut t = c.transaction(ex, "127.0.0.1");
+    let mut ungated = c.clone();
+    ungated.gates = Default::default();
+    let mut t = ungated.transaction(ex, "127.0.0.1");
     t.fresh = false;
     t.run(1);
     t.run(2);
     t.finish()
 }
 
-/// Checks that `c` decides each of `uris` the same with and without its prelude.
+/// Checks that `c` decides each of `uris` the same with and without its prelude and gates.
 fn same_without_prelude(c: &Crs, uris: &[&str]) {
     for uri in uris {
         let ex = get(uri);
@@ -328,6 +331,98 @@ fn same_without_prelude(c: &Crs, uris: &[&str]) {
             "{uri}"
         );
     }
+}
+
+/// The gate of rule `id`'s step.
+fn gate_of(c: &Crs, id: u32) -> gate::Gate {
+    c.phases
+        .iter()
+        .zip(&c.gates)
+        .find_map(|(steps, gates)| {
+            let at = steps
+                .iter()
+                .position(|s| matches!(s, Step::Rule(r) if c.rules[*r].id == id))?;
+            gates.get(at).copied()
+        })
+        .unwrap()
+}
+
+#[test]
+fn rules_that_cannot_match_are_passed_over_by_their_gates() {
+    let rules = r#"
+SecDefaultAction "phase:1,log,pass"
+SecDefaultAction "phase:2,log,pass"
+SecAction "id:1,phase:1,nolog,pass,setvar:tx.pl=1,setvar:tx.mode=on,setvar:tx.made_xx=0"
+SecRule ARGS:set "@rx ." "id:2,phase:1,pass,nolog,setvar:tx.mode=%{matched_var}"
+SecRule ARGS:cap "@rx (x+)" "id:3,phase:1,pass,nolog,capture,setvar:tx.made_%{tx.1}=1"
+SecRule ARGS:rm "@rx ." "id:4,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;TX:pl"
+SecRule ARGS:off "@rx ." "id:5,phase:1,pass,nolog,ctl:ruleRemoveById=10"
+SecRule TX:pl "@lt 2" "id:10,phase:2,pass,log"
+SecRule TX:pl "@lt 1" "id:11,phase:2,pass,log"
+SecRule TX:mode "@streq on" "id:12,phase:2,pass,log"
+SecRule TX:made_xx "@eq 1" "id:13,phase:2,pass,log"
+SecRule TX:1 "@streq xx" "id:14,phase:2,pass,log"
+SecRule TX:pl "@lt 2" "id:15,phase:2,pass,log,msg:'at %{tx.pl}'"
+SecRule TX:pl "@lt 2" "id:16,phase:2,pass,log,setvar:tx.seen=1"
+SecRule REQUEST_COOKIES|REQUEST_COOKIES_NAMES "@rx ." "id:20,phase:2,pass,log"
+SecRule XML:/* "@rx ." "id:21,phase:2,pass,log"
+SecRule REQUEST_COOKIES|!REQUEST_COOKIES:a "@rx ." "id:22,phase:2,pass,log"
+SecRule &REQUEST_COOKIES "@eq 0" "id:23,phase:2,pass,log"
+SecRule ARGS "!@rx zzz" "id:24,phase:2,pass,log"
+"#;
+    let c = crs(rules);
+    use gate::Gate;
+    // Fixed by the prelude: `tx.pl` is set by nothing after it.
+    assert!(matches!(gate_of(&c, 10), Gate::Always(_)));
+    assert_eq!(gate_of(&c, 11), Gate::Never);
+    // Set after the prelude: by name, by a name a macro makes, by `capture`.
+    for id in [12, 13, 14] {
+        assert_eq!(gate_of(&c, id), Gate::Open, "{id}");
+    }
+    // A message with macros and a `setvar` are more than a match: the rule runs.
+    assert_eq!(gate_of(&c, 15), Gate::Open);
+    assert_eq!(gate_of(&c, 16), Gate::Open);
+    assert!(matches!(gate_of(&c, 20), Gate::Reads(_)));
+    assert!(matches!(gate_of(&c, 21), Gate::Reads(b) if b & gate::XML != 0));
+    // `&` counts have a value even for an empty collection.
+    assert_eq!(gate_of(&c, 23), Gate::Open);
+
+    assert_eq!(ids(&c, "/"), [10, 12, 15, 16, 23]);
+    assert_eq!(ids(&c, "/?set=off"), [10, 15, 16, 23, 24]);
+    assert_eq!(ids(&c, "/?cap=xx"), [10, 12, 13, 14, 15, 16, 23, 24]);
+    // A removed target or rule is honoured by a fixed verdict.
+    assert_eq!(ids(&c, "/?rm=1"), [12, 15, 16, 23, 24]);
+    assert_eq!(ids(&c, "/?off=1"), [12, 15, 16, 23, 24]);
+    let (parts, ()) = http::Request::get("/")
+        .header("cookie", "a=b")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let with_cookie = Exchange::from_request(&parts, b"", ParseOptions::default());
+    let fired: Vec<u32> = c
+        .evaluate_request(&with_cookie, "127.0.0.1")
+        .matches
+        .iter()
+        .filter(|m| m.logged)
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(fired, [10, 12, 15, 16, 20]);
+    assert_eq!(
+        c.evaluate_request(&with_cookie, "127.0.0.1"),
+        without_prelude(&c, &with_cookie)
+    );
+    same_without_prelude(
+        &c,
+        &[
+            "/",
+            "/?set=off",
+            "/?set=on",
+            "/?cap=xx",
+            "/?rm=1",
+            "/?off=1",
+            "/?cap=x&set=y",
+        ],
+    );
 }
 
 #[test]

@@ -250,13 +250,7 @@ rules:
         ".",
         "\n",
     ];
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..3000 {
         let len = 1 + (next() % 200) as usize;
         let text: Vec<&str> = (0..len)

@@ -253,13 +253,11 @@ fn pipelines_apply_in_order() {
 
 #[test]
 fn arbitrary_bytes_never_panic() {
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
     for len in 0..300 {
         let input: Vec<u8> = (0..len)
             .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                let seed = next();
                 // Bias towards the bytes the decoders care about.
                 let special = b"%u\\&#;x/.-*<!>+ \0\xa0\xffFf09";
                 if seed.is_multiple_of(3) {
@@ -321,4 +319,50 @@ fn unchanged_shortcuts_agree_with_the_full_transformations() {
     assert!(!super::cmd_line_already(b"ls  -la"));
     assert!(super::normal_already(b"/products/search", false));
     assert!(!super::normal_already(b"/a/../b", false));
+}
+
+#[test]
+fn trimming_reports_the_change() {
+    assert!(matches!(Transform::Trim.apply(b"  a "), Cow::Owned(v) if v == b"a"));
+    assert!(matches!(Transform::TrimLeft.apply(b"a "), Cow::Borrowed(_)));
+    let p = [Transform::Trim, Transform::Lowercase];
+    assert_eq!(apply_all(&p, b" \tAB\n").as_ref(), b"ab");
+}
+
+#[test]
+fn values_without_a_trigger_byte_are_left_as_they_are() {
+    // For each transformation with a trigger: every string of up to 4 bytes over a sample of
+    // the bytes outside its trigger, then 20,000 random strings of those bytes up to 60 long,
+    // come back borrowed.
+    let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut checked = 0;
+    for (_, tr) in NAMES {
+        let Some(trigger) = tr.trigger() else {
+            continue;
+        };
+        let quiet: Vec<u8> = (0..=255_u8).filter(|b| !trigger(*b)).collect();
+        // The bytes the transformations care about most, where they are not triggers.
+        let sample: Vec<u8> = b"%u\\&#;x/.-*<!>+ \t\0\xa0\xffFfA09aZ\"'^,()?"
+            .iter()
+            .copied()
+            .filter(|b| !trigger(*b))
+            .collect();
+        let mut values = all_strings(&sample, 4);
+        for _ in 0..20_000 {
+            let len = (next() % 61) as usize;
+            values.push(
+                (0..len)
+                    .map(|_| quiet[(next() % quiet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        for v in &values {
+            assert!(
+                matches!(tr.apply(v), Cow::Borrowed(_)),
+                "{tr} changed {v:?}, which has none of its trigger bytes"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 300_000, "{checked}");
 }

@@ -1,0 +1,204 @@
+//! Gates: what is known about a rule before a transaction reaches it, so that a rule which
+//! cannot match is passed over without reading it.
+//!
+//! Two things are known at load time:
+//! - which collections of the exchange a rule's first link reads: a link that reads only
+//!   empty collections has no value to test, so it cannot match (negated or not);
+//! - for a first link that reads only `TX` variables that no rule sets after the rule set's
+//!   static start (see [`Prelude`](super::exec::Prelude)), its verdict: those variables hold,
+//!   in every transaction that starts from the prelude, the values the prelude gave them.
+//!   CRS's per-file paranoia-level checks (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`) are such
+//!   links.
+
+use std::collections::HashSet;
+
+use super::exec::MatchedVars;
+use super::{CRule, Crs, Link, Op, Select, Source, Step};
+use crate::variable::Collection;
+
+/// What a phase step's rule needs to be worth evaluating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Evaluate it.
+    Open,
+    /// Its first link reads only the collections of these bits ([`bit`]): when the exchange
+    /// has no item in any of them, the rule does not match.
+    Reads(u64),
+    /// Its first link's verdict is fixed in a transaction that starts from the prelude: it
+    /// does not match.
+    Never,
+    /// Its verdict is fixed in a transaction that starts from the prelude: it matches, with
+    /// the `MATCHED_VARS` at this index of [`Crs::fixed`]. The rule is then one link with no
+    /// `setvar`, `ctl` or `capture` and a message without macros, so matching does nothing
+    /// else.
+    Always(u32),
+}
+
+/// The bit of `XML`'s values in a [`Gate::Reads`] mask: a transaction has them only while
+/// its body processor is XML.
+pub(crate) const XML: u64 = 1 << 63;
+
+/// A collection's bit in a [`Gate::Reads`] mask.
+pub(crate) fn bit(c: Collection) -> u64 {
+    1 << (c as u32 % 63)
+}
+
+/// The bits of the collections of `ex` that hold at least one item.
+pub(crate) fn filled(ex: &crate::Exchange) -> u64 {
+    Collection::all()
+        .filter(|c| !ex.items(*c).is_empty())
+        .fold(0, |bits, c| bits | bit(c))
+}
+
+/// The `TX` variables some rule may set after the prelude.
+struct Written {
+    names: HashSet<String>,
+    /// Literal starts of names built by macros (`tx.header_name_920450_%{tx.0}`).
+    prefixes: Vec<String>,
+    /// Whether some rule captures (sets `TX.0`-`TX.9`).
+    captures: bool,
+}
+
+impl Written {
+    fn of(crs: &Crs, resume: usize) -> Self {
+        let mut written = Self {
+            names: HashSet::new(),
+            prefixes: Vec::new(),
+            captures: false,
+        };
+        for (p, steps) in crs.phases.iter().enumerate() {
+            for (i, step) in steps.iter().enumerate() {
+                let Step::Rule(r) = step else { continue };
+                // The prelude's own rules have run and do not run again.
+                if p == 0 && i < resume {
+                    continue;
+                }
+                let Some(rule) = crs.rules.get(*r) else {
+                    continue;
+                };
+                for link in &rule.links {
+                    written.captures |= link.capture;
+                    for sv in &link.setvars {
+                        let name = sv.name().to_ascii_lowercase();
+                        match name.find("%{") {
+                            Some(at) => written
+                                .prefixes
+                                .push(name.get(..at).unwrap_or_default().to_owned()),
+                            None => {
+                                written.names.insert(name);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        written
+    }
+
+    /// Whether no rule after the prelude may set `name`.
+    fn fixed(&self, name: &str) -> bool {
+        let captured = name.len() == 1 && name.bytes().all(|b| b.is_ascii_digit());
+        let set = (self.captures && captured)
+            || self.names.contains(name)
+            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()));
+        !set
+    }
+}
+
+/// Whether `link`'s test depends only on `TX` variables that `written` says keep their
+/// prelude values.
+fn reads_fixed(link: &Link, written: &Written) -> bool {
+    !link.always
+        && !link.vars.is_empty()
+        && link.vars.iter().all(|v| {
+            matches!(v.source, Source::Tx)
+                && v.excluded.is_empty()
+                && matches!(&v.select, Select::Name(n) if written.fixed(n))
+        })
+        && match &link.op {
+            Op::Macro {
+                preset: Some(p), ..
+            } => written.fixed(&p.tx),
+            Op::Macro { .. } => false,
+            Op::Static(_) | Op::DetectSqli | Op::DetectXss => true,
+        }
+}
+
+/// The collections `link` reads, when it reads only collections of the exchange (and no
+/// `&` count, which has a value even for an empty collection).
+fn reads(link: &Link) -> Option<u64> {
+    if link.always {
+        return None;
+    }
+    link.vars.iter().try_fold(0, |bits, v| match v.source {
+        _ if v.count => None,
+        Source::Exchange(c) => Some(bits | bit(c)),
+        // The same items as `REQUEST_URI`.
+        Source::RequestUriRaw => Some(bits | bit(Collection::RequestUri)),
+        Source::Empty => Some(bits),
+        Source::Xml { .. } => Some(bits | XML),
+        _ => None,
+    })
+}
+
+/// Whether a rule that matches does nothing but record the match and its disruptive and
+/// flow actions.
+fn plain(rule: &CRule) -> bool {
+    rule.msg.as_deref().is_none_or(|m| !m.contains("%{"))
+        && match rule.links.as_slice() {
+            [link] => link.setvars.is_empty() && link.ctls.is_empty() && !link.capture,
+            _ => false,
+        }
+}
+
+/// The gates of every phase's steps, and the fixed `MATCHED_VARS` of [`Gate::Always`]. The
+/// prelude must be set.
+pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
+    let resume = crs.prelude.as_ref().map_or(usize::MAX, |p| p.resume);
+    let written = Written::of(crs, resume);
+    let candidates: Vec<usize> = crs
+        .phases
+        .iter()
+        .flatten()
+        .filter_map(|step| match step {
+            Step::Rule(r) => Some(*r),
+            Step::Marker(_) => None,
+        })
+        .filter(|r| {
+            crs.rules
+                .get(*r)
+                .and_then(|rule| rule.links.first())
+                .is_some_and(|link| reads_fixed(link, &written))
+        })
+        .collect();
+    let verdicts = crs.verdicts(&candidates);
+    let mut fixed = Vec::new();
+    let gates = crs.phases.each_ref().map(|steps| {
+        steps
+            .iter()
+            .map(|step| {
+                let Step::Rule(r) = step else {
+                    return Gate::Open;
+                };
+                let Some(rule) = crs.rules.get(*r) else {
+                    return Gate::Open;
+                };
+                let Some(first) = rule.links.first() else {
+                    return Gate::Open;
+                };
+                match verdicts.get(r) {
+                    Some(None) => return Gate::Never,
+                    Some(Some(matched)) if plain(rule) => {
+                        if let Ok(at) = u32::try_from(fixed.len()) {
+                            fixed.push(matched.clone());
+                            return Gate::Always(at);
+                        }
+                    }
+                    _ => {}
+                }
+                reads(first).map_or(Gate::Open, Gate::Reads)
+            })
+            .collect()
+    });
+    (gates, fixed)
+}
