@@ -299,7 +299,9 @@ fn filter(input: &[u8], keep: impl Fn(u8) -> bool) -> Cow<'_, [u8]> {
     if !any_byte(input, |b| !keep(b)) {
         Cow::Borrowed(input)
     } else {
-        Cow::Owned(input.iter().copied().filter(|&b| keep(b)).collect())
+        let mut out = Vec::with_capacity(input.len());
+        out.extend(input.iter().copied().filter(|&b| keep(b)));
+        Cow::Owned(out)
     }
 }
 

@@ -343,10 +343,15 @@ impl Memo {
             _ => (SAME, None),
         };
         let changed = match last {
-            Some(t) => match t.apply(spanned(&self.arena, base, raw)) {
-                Cow::Borrowed(_) => None,
-                Cow::Owned(v) => Some(v),
-            },
+            Some(t) => {
+                let before = spanned(&self.arena, base, raw);
+                match t.apply(before) {
+                    // (Some transformations copy values they leave as they are: such a copy
+                    // keeps its parent's span, so equal values share one.)
+                    Cow::Owned(v) if v != before => Some(v),
+                    _ => None,
+                }
+            }
             None => match apply_all(transforms, raw) {
                 Cow::Borrowed(_) => None,
                 Cow::Owned(v) => Some(v),
@@ -1001,6 +1006,17 @@ impl Transaction<'_> {
     ) -> (bool, Option<Groups>) {
         match &link.op {
             Op::Static(Operator::Rx(re)) if link.capture => {
+                if re.group_info().all_group_len() == 1 {
+                    // No groups but the whole match: a plain search finds it.
+                    let Some(m) = re.find(value) else {
+                        return (false, None);
+                    };
+                    let mut groups: Groups = vec![None; CAPTURE_NAMES.len()];
+                    if let Some(first) = groups.first_mut() {
+                        *first = Some(value.get(m.range()).unwrap_or_default().to_vec());
+                    }
+                    return (true, Some(groups));
+                }
                 if !re.is_match(value) {
                     return (false, None);
                 }
@@ -1239,7 +1255,10 @@ impl Transaction<'_> {
         // A name with no macro is used as parsed (lowercase, interned).
         let (key, interned) = match self.expand(name, rule) {
             Cow::Borrowed(_) => (Cow::Borrowed(&**name), Some(name)),
-            Cow::Owned(expanded) => (Cow::Owned(expanded.to_ascii_lowercase()), None),
+            Cow::Owned(mut expanded) => {
+                expanded.make_ascii_lowercase();
+                (Cow::Owned(expanded), None)
+            }
         };
         match sv {
             SetVar::Set(_, value) => {

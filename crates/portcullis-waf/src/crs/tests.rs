@@ -309,6 +309,26 @@ SecRule TX:score "@eq 4" "id:4,phase:1,log,pass"
     assert_eq!(fired, [2, 3, 4]);
 }
 
+#[test]
+fn a_capture_without_groups_sets_the_whole_match_and_clears_the_rest() {
+    let rules = r#"
+SecRule ARGS:a "@rx (x)(y?)" "id:1,phase:1,nolog,pass,capture"
+SecRule ARGS:b "@rx x+" "id:2,phase:1,nolog,pass,capture"
+"#;
+    let c = crs(rules);
+    let ex = get("/?a=xy&b=axxb");
+    let mut t = c.transaction(&ex, "127.0.0.1");
+    t.run(1);
+    assert_eq!(t.tx("0"), Some(&b"xx"[..]));
+    assert_eq!(t.tx("1"), None);
+    assert_eq!(t.tx("2"), None);
+    let ex = get("/?a=xy");
+    let mut t = c.transaction(&ex, "127.0.0.1");
+    t.run(1);
+    assert_eq!(t.tx("0"), Some(&b"xy"[..]));
+    assert_eq!(t.tx("2"), Some(&b"y"[..]));
+}
+
 /// The outcome of running `ex` without the load-time prelude (every rule from the first
 /// step) and without the gates (every rule evaluated).
 fn without_prelude(c: &Crs, ex: &Exchange) -> CrsOutcome {
