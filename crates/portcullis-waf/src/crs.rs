@@ -252,6 +252,9 @@ pub(crate) struct Link {
     /// For `@rx`: the pattern (hex escapes rewritten), and its place in its pipeline's
     /// multi-pattern group once the set is built.
     pub(crate) rx: Option<String>,
+    /// For `@rx` and `@pm`: bytes one of which every match contains (see [`needs`]). A value
+    /// with none of them is not searched.
+    pub(crate) screen: Option<needs::ByteSet>,
     /// The link's pattern in the multi-pattern groups: (group, bit of the pattern in the
     /// group's match mask).
     pub(crate) slot: Option<(u32, u16)>,
@@ -568,6 +571,17 @@ impl Crs {
     }
 }
 
+/// A rule's variables and operator, as loaded.
+struct Test {
+    vars: Vec<Var>,
+    op: Op,
+    negated: bool,
+    /// For `@rx`: the pattern.
+    rx: Option<String>,
+    /// See [`Link::screen`].
+    screen: Option<needs::ByteSet>,
+}
+
 impl Loader<'_> {
     fn directive(&mut self, located: Located) -> Result<(), CrsError> {
         let origin = located.origin;
@@ -581,7 +595,30 @@ impl Loader<'_> {
                 let vars = self.vars(&origin, &variables)?;
                 let rx = (operator.name == "rx" && matches!(op, Op::Static(_)))
                     .then(|| crate::operator::rewrite_hex_escapes(&operator.param));
-                self.rule(&origin, Some((vars, op, operator.negated, rx)), &actions)
+                let screen = match (&op, operator.name.as_str()) {
+                    (Op::Static(_), "rx") => rx
+                        .as_deref()
+                        .and_then(needs::parse)
+                        .and_then(|hir| needs::need(&hir)),
+                    (Op::Static(_), "pm") => needs::phrases_need(operator.param.split_whitespace()),
+                    (Op::Static(_), "pmFromFile" | "pmf") => needs::phrases_need(
+                        operator
+                            .param
+                            .split_whitespace()
+                            .filter_map(|file| self.data.get(file))
+                            .flatten()
+                            .map(String::as_str),
+                    ),
+                    _ => None,
+                };
+                let test = Test {
+                    vars,
+                    op,
+                    negated: operator.negated,
+                    rx,
+                    screen,
+                };
+                self.rule(&origin, Some(test), &actions)
             }
             Directive::Action(actions) => self.rule(&origin, None, &actions),
             Directive::Marker(name) => {
@@ -695,7 +732,7 @@ impl Loader<'_> {
     fn rule(
         &mut self,
         origin: &Origin,
-        test: Option<(Vec<Var>, Op, bool, Option<String>)>,
+        test: Option<Test>,
         actions: &[Action],
     ) -> Result<(), CrsError> {
         let chained_to = self.open_chain.take();
@@ -779,16 +816,26 @@ impl Loader<'_> {
                 other => return Err(err(origin, format!("unknown action `{other}`"))),
             }
         }
-        let (vars, op, negated, always, rx) = match test {
-            Some((vars, op, negated, rx)) => (vars, op, negated, false, rx),
+        let (always, test) = match test {
+            Some(test) => (false, test),
             None => (
-                Vec::new(),
-                Op::Static(Operator::Unconditional),
-                false,
                 true,
-                None,
+                Test {
+                    vars: Vec::new(),
+                    op: Op::Static(Operator::Unconditional),
+                    negated: false,
+                    rx: None,
+                    screen: None,
+                },
             ),
         };
+        let Test {
+            vars,
+            op,
+            negated,
+            rx,
+            screen,
+        } = test;
         let (vars, excludes): (Vec<Var>, Vec<Var>) =
             vars.into_iter().partition(|v| !is_exclusion(v));
         let excludes = excludes.into_iter().map(|mut v| {
@@ -817,6 +864,7 @@ impl Loader<'_> {
             excludes: excludes.collect(),
             pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
             rx,
+            screen,
             slot: None,
             prefilter: false,
             transforms,

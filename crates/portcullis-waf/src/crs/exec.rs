@@ -859,8 +859,13 @@ impl Transaction<'_> {
             let (hit, caps, seen) = if link.multi_match {
                 // `multiMatch`: the operator sees the value before the transformations and
                 // after each one that changes it (as ModSecurity runs it).
+                // (A value with none of the bytes every match needs is not searched.)
+                let test = |value: &[u8]| match link.screen {
+                    Some(screen) if !ByteSet::of(value).intersects(screen) => (false, None),
+                    _ => self.test(link, expanded, value),
+                };
                 let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
-                let mut result = self.test(link, expanded, &value);
+                let mut result = test(&value);
                 for t in link.transforms.iter() {
                     if result.0 != link.negated {
                         break;
@@ -869,7 +874,7 @@ impl Transaction<'_> {
                         && changed.as_slice() != &*value
                     {
                         value = Cow::Owned(changed);
-                        result = self.test(link, expanded, &value);
+                        result = test(&value);
                     }
                 }
                 (result.0, result.1, Some(value.into_owned()))
@@ -884,12 +889,26 @@ impl Transaction<'_> {
                     (hit, caps, keep)
                 };
                 match val.key {
-                    Some(key) if !link.transforms.is_empty() || link.slot.is_some() => {
+                    Some(key)
+                        if !link.transforms.is_empty()
+                            || link.slot.is_some()
+                            || link.screen.is_some() =>
+                    {
                         let mut memo = self.memo.borrow_mut();
                         let span = memo.span(self.crs, key, link.pipeline, &val.value);
-                        let grouped = link.slot.map(|(group, bit)| {
-                            memo.mask(self.crs, key, group, &val.value) & u32::from(bit) != 0
-                        });
+                        // The group's search decides; else a value with none of the bytes
+                        // every match needs does not match.
+                        let grouped = match (link.slot, link.screen) {
+                            (Some((group, bit)), _) => Some(
+                                memo.mask(self.crs, key, group, &val.value) & u32::from(bit) != 0,
+                            ),
+                            (None, Some(screen))
+                                if !memo.bytes_of(key, span, &val.value).intersects(screen) =>
+                            {
+                                Some(false)
+                            }
+                            _ => None,
+                        };
                         // `decide` only tests the value: it never touches the memo.
                         decide(memo.value(span, &val.value), grouped)
                     }

@@ -91,6 +91,27 @@ fn weight(b: u8) -> u32 {
     }
 }
 
+/// The bytes one of which every match of any of `phrases` contains, matched without case
+/// (as `@pm` matches): per phrase, its least common byte in both cases.
+pub(crate) fn phrases_need<'a>(phrases: impl IntoIterator<Item = &'a str>) -> Option<ByteSet> {
+    let mut set = ByteSet::default();
+    let mut any = false;
+    for phrase in phrases {
+        let folded = |b: u8| {
+            let mut one = ByteSet::default();
+            one.insert(b.to_ascii_lowercase());
+            one.insert(b.to_ascii_uppercase());
+            one
+        };
+        // (An empty phrase is dropped by `@pm`: it needs nothing.)
+        if let Some(best) = phrase.bytes().map(folded).min_by_key(|s| s.cost()) {
+            set = set.union(best);
+            any = true;
+        }
+    }
+    any.then_some(set)
+}
+
 /// The bytes every match of `pattern` contains (see [`need`]).
 #[cfg(test)]
 pub(crate) fn needed(pattern: &str) -> Option<ByteSet> {
@@ -229,6 +250,62 @@ mod tests {
                 if !ByteSet::of(v).intersects(needs) {
                     assert!(!re.is_match(v.as_slice()), "{p} matched {v:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_without_a_phrase_list_needed_bytes_never_matches_it() {
+        // Every phrase list of CRS's `@pm` and `@pmFromFile` rules: each phrase, in its own
+        // case, upper case, and inside other text, holds a needed byte (and matches); a value
+        // made of the other bytes only never matches.
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs/rules");
+        let mut lists: Vec<Vec<String>> = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("data") => lists.push(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                Some("conf") => {
+                    for part in text.split("\"@pm ").skip(1) {
+                        let param = part.split('"').next().unwrap_or_default();
+                        lists.push(param.split_whitespace().map(str::to_owned).collect());
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(lists.len() > 20, "{}", lists.len());
+        let mut next = crate::testing::xorshift(0x5851_f42d_4c95_7f2d);
+        for phrases in &lists {
+            let needs = phrases_need(phrases.iter().map(String::as_str)).unwrap();
+            let op =
+                crate::operator::Operator::phrases(phrases.iter().map(String::as_str)).unwrap();
+            for (i, p) in phrases.iter().enumerate() {
+                for v in [p.clone(), p.to_ascii_uppercase(), format!("x {p} y")] {
+                    assert!(ByteSet::of(v.as_bytes()).intersects(needs), "{p}");
+                    // (A sample: the operator is slow to run in debug builds.)
+                    if i % 16 == 0 {
+                        assert!(op.matches(v.as_bytes()), "{p}");
+                    }
+                }
+            }
+            let quiet: Vec<u8> = (0..=255_u8)
+                .filter(|b| !ByteSet::of(&[*b]).intersects(needs))
+                .collect();
+            for _ in 0..200 {
+                let len = (next() % 40) as usize;
+                let v: Vec<u8> = (0..len)
+                    .map(|_| quiet[(next() % quiet.len() as u64) as usize])
+                    .collect();
+                assert!(!op.matches(&v), "{v:?}");
             }
         }
     }
