@@ -595,11 +595,8 @@ impl Loader<'_> {
                 let vars = self.vars(&origin, &variables)?;
                 let rx = (operator.name == "rx" && matches!(op, Op::Static(_)))
                     .then(|| crate::operator::rewrite_hex_escapes(&operator.param));
+                // (An `@rx` link's screen is set with the groups, which parse its pattern.)
                 let screen = match (&op, operator.name.as_str()) {
-                    (Op::Static(_), "rx") => rx
-                        .as_deref()
-                        .and_then(needs::parse)
-                        .and_then(|hir| needs::need(&hir)),
                     (Op::Static(_), "pm") => needs::phrases_need(operator.param.split_whitespace()),
                     (Op::Static(_), "pmFromFile" | "pmf") => needs::phrases_need(
                         operator
@@ -1097,6 +1094,8 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     let mut index: Vec<Vec<Option<u32>>> = Vec::new();
     // Per bundle: each pattern's position once sorted.
     let mut positions: Vec<Vec<usize>> = Vec::new();
+    // Per bundle, in the bundle's order: each pattern's needed bytes.
+    let mut screens: Vec<Vec<Option<needs::ByteSet>>> = Vec::new();
     for ((_, list), alone) in bundles.iter_mut().zip(&alone) {
         // Patterns that need rare bytes go together, so that their groups skip ordinary
         // values; the patterns that can match plain words share the other groups.
@@ -1107,6 +1106,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             .iter()
             .map(|h| h.as_ref().and_then(needs::need))
             .collect();
+        screens.push(needed.clone());
         let mut order: Vec<(u32, usize)> = needed
             .iter()
             .enumerate()
@@ -1191,6 +1191,11 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     }
     let links = rules.iter_mut().flat_map(|r| r.links.iter_mut());
     for (link, place) in links.zip(places) {
+        if let Some((bundle, n)) = place {
+            link.screen = screens
+                .get(bundle)
+                .and_then(|s| s.get(n).copied().flatten());
+        }
         link.slot = place.and_then(|(bundle, n)| {
             let n = *positions.get(bundle)?.get(n)?;
             let group = (*index.get(bundle)?.get(n / GROUP_SIZE)?)?;

@@ -968,6 +968,9 @@ impl Transaction<'_> {
         };
         link.vars.iter().any(|var| match var.source {
             _ if var.count => true,
+            Source::Exchange(c) if !matches!(var.select, Select::All) => {
+                self.selected_union(c, &var.select, group) & u32::from(bit) != 0
+            }
             Source::Exchange(c) => self.union(c, group) & u32::from(bit) != 0,
             // The same values as `REQUEST_URI`, which ModSecurity leaves undecoded too.
             Source::RequestUriRaw => {
@@ -978,6 +981,35 @@ impl Transaction<'_> {
             Source::Empty => false,
             _ => true,
         })
+    }
+
+    /// The union of the group masks of the items of collection `c` that `select` selects
+    /// (by name, as [`Self::for_each_member`] names them): a rule that reads one header is
+    /// not decided by searching the others.
+    fn selected_union(&self, c: Collection, select: &Select, group: u32) -> u32 {
+        if self.crs.groups.get(group as usize).is_none() {
+            return u32::MAX;
+        }
+        let names = c.names_of().is_some();
+        let single = single_valued(c);
+        let base = self.ex.base_index(c);
+        let mut memo = self.memo.borrow_mut();
+        let mut union = 0;
+        for (n, item) in self.ex.items(c).iter().enumerate() {
+            if !select.selects(if single { "" } else { item.name() }) {
+                continue;
+            }
+            let raw = if names {
+                item.name().as_bytes()
+            } else {
+                item.value()
+            };
+            let Ok(key) = u32::try_from((base + n) * 2 + usize::from(names)) else {
+                return u32::MAX;
+            };
+            union |= memo.mask(self.crs, key, group, raw);
+        }
+        union
     }
 
     /// The union of the group masks of every item of collection `c`.
