@@ -329,6 +329,39 @@ SecRule ARGS:b "@rx x+" "id:2,phase:1,nolog,pass,capture"
     assert_eq!(t.tx("2"), Some(&b"y"[..]));
 }
 
+#[test]
+fn a_named_member_is_decided_by_its_own_search() {
+    // Both patterns share a group over the request headers: the rule that reads one header
+    // matches only when that header matches, whichever order the group is searched in.
+    let c = crs(r#"
+SecRule REQUEST_HEADERS:Range "@rx bytes=" "id:1,phase:1,pass,log"
+SecRule REQUEST_HEADERS "@rx bytes=" "id:2,phase:1,pass,log"
+SecRule REQUEST_HEADERS:/^x-/ "@rx bytes=" "id:3,phase:1,pass,log"
+"#);
+    let fired = |name: &str| {
+        let (parts, ()) = http::Request::get("/")
+            .header(name, "bytes=0-1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let ex = Exchange::from_request(&parts, b"", ParseOptions::default());
+        let ids: Vec<u32> = c
+            .evaluate_request(&ex, "127.0.0.1")
+            .matches
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(
+            c.evaluate_request(&ex, "127.0.0.1"),
+            without_prelude(&c, &ex)
+        );
+        ids
+    };
+    assert_eq!(fired("x-other"), [2, 3]);
+    assert_eq!(fired("range"), [1, 2]);
+    assert_eq!(fired("accept"), [2]);
+}
+
 /// The outcome of running `ex` without the load-time prelude (every rule from the first
 /// step) and without the gates (every rule evaluated).
 fn without_prelude(c: &Crs, ex: &Exchange) -> CrsOutcome {
