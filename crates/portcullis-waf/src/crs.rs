@@ -267,6 +267,9 @@ pub(crate) struct Link {
     pub(crate) always: bool,
     pub(crate) capture: bool,
     pub(crate) multi_match: bool,
+    /// For `multiMatch`: the pipeline of each prefix of its transformations, shortest first
+    /// (the values it tests after each one).
+    pub(crate) stages: Box<[u32]>,
     pub(crate) setvars: Vec<SetVar>,
     pub(crate) ctls: Vec<Ctl>,
 }
@@ -512,6 +515,17 @@ impl Crs {
                 .collect()
         });
         let (pipelines, parents) = with_prefixes(loader.pipelines);
+        for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+            if link.multi_match {
+                link.stages = (1..=link.transforms.len())
+                    .filter_map(|n| {
+                        let prefix = link.transforms.get(..n)?;
+                        let at = pipelines.iter().position(|p| **p == *prefix)?;
+                        u32::try_from(at).ok()
+                    })
+                    .collect();
+            }
+        }
         let triggers = pipelines
             .iter()
             .map(|p| {
@@ -870,6 +884,7 @@ impl Loader<'_> {
             always,
             capture,
             multi_match,
+            stages: Box::default(),
             setvars,
             ctls,
         };

@@ -864,20 +864,57 @@ impl Transaction<'_> {
                     Some(screen) if !ByteSet::of(value).intersects(screen) => (false, None),
                     _ => self.test(link, expanded, value),
                 };
-                let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
-                let mut result = test(&value);
-                for t in link.transforms.iter() {
-                    if result.0 != link.negated {
-                        break;
+                if let Some(key) = val.key
+                    && link.stages.len() == link.transforms.len()
+                {
+                    // An exchange item: its values after each step are the memo's values
+                    // through the pipeline's prefixes (made once for every rule).
+                    let mut memo = self.memo.borrow_mut();
+                    let screened = |memo: &mut Memo, span: (u32, u32)| {
+                        link.screen
+                            .is_some_and(|s| !memo.bytes_of(key, span, &val.value).intersects(s))
+                    };
+                    let mut span = SAME;
+                    let mut result = if screened(&mut memo, span) {
+                        (false, None)
+                    } else {
+                        self.test(link, expanded, &val.value)
+                    };
+                    for &stage in &link.stages {
+                        if result.0 != link.negated {
+                            break;
+                        }
+                        let next = memo.span(self.crs, key, stage, &val.value);
+                        if next == span
+                            || memo.value(next, &val.value) == memo.value(span, &val.value)
+                        {
+                            continue;
+                        }
+                        span = next;
+                        result = if screened(&mut memo, span) {
+                            (false, None)
+                        } else {
+                            self.test(link, expanded, memo.value(span, &val.value))
+                        };
                     }
-                    if let Cow::Owned(changed) = t.apply(&value)
-                        && changed.as_slice() != &*value
-                    {
-                        value = Cow::Owned(changed);
-                        result = test(&value);
+                    let seen = memo.value(span, &val.value).to_vec();
+                    (result.0, result.1, Some(seen))
+                } else {
+                    let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
+                    let mut result = test(&value);
+                    for t in link.transforms.iter() {
+                        if result.0 != link.negated {
+                            break;
+                        }
+                        if let Cow::Owned(changed) = t.apply(&value)
+                            && changed.as_slice() != &*value
+                        {
+                            value = Cow::Owned(changed);
+                            result = test(&value);
+                        }
                     }
+                    (result.0, result.1, Some(value.into_owned()))
                 }
-                (result.0, result.1, Some(value.into_owned()))
             } else {
                 let decide = |value: &[u8], grouped: Option<bool>| {
                     let (hit, caps) = match grouped {

@@ -362,6 +362,44 @@ SecRule REQUEST_HEADERS:/^x-/ "@rx bytes=" "id:3,phase:1,pass,log"
     assert_eq!(fired("accept"), [2]);
 }
 
+#[test]
+fn multi_match_tests_the_value_before_and_after_each_change() {
+    let c = crs(r#"
+SecAction "id:9,phase:1,nolog,pass,setvar:tx.v=ABC"
+SecRule ARGS "@rx <script" "id:1,phase:1,pass,log,multiMatch,t:none,t:urlDecode,t:lowercase,msg:'%{matched_var}'"
+SecRule ARGS "@rx ^ABC$" "id:2,phase:1,pass,log,multiMatch,t:lowercase"
+SecRule ARGS "@rx ^ABC$" "id:3,phase:1,pass,log,t:lowercase"
+SecRule ARGS "!@rx ^abc$" "id:4,phase:1,pass,log,multiMatch,t:lowercase"
+SecRule TX:v "@rx ^ABC$" "id:5,phase:1,pass,log,multiMatch,t:lowercase"
+SecRule ARGS "@rx ^a b$" "id:6,phase:1,pass,log,multiMatch,t:urlDecode,t:removeWhitespace"
+"#);
+    let run = |uri: &str| {
+        let out = c.evaluate_request(&get(uri), "127.0.0.1");
+        let ids: Vec<u32> = out
+            .matches
+            .iter()
+            .filter(|m| m.logged)
+            .map(|m| m.id)
+            .collect();
+        let msg = out
+            .matches
+            .iter()
+            .find(|m| m.id == 1)
+            .and_then(|m| m.msg.clone());
+        (ids, msg)
+    };
+    // Seen only after both decoding and lowercasing; MATCHED_VAR is that value.
+    assert_eq!(
+        run("/?a=%253CScript"),
+        (vec![1, 4, 5], Some("<script".to_owned()))
+    );
+    // The value as sent matches before `lowercase` changes it.
+    assert_eq!(run("/?a=ABC").0, [2, 4, 5]);
+    // A middle step: `urlDecode` makes `a b`, which `removeWhitespace` then changes.
+    assert_eq!(run("/?a=a%2520b").0, [4, 5, 6]);
+    assert_eq!(run("/?a=abc").0, [5]);
+}
+
 /// The outcome of running `ex` without the load-time prelude (every rule from the first
 /// step) and without the gates (every rule evaluated).
 fn without_prelude(c: &Crs, ex: &Exchange) -> CrsOutcome {
