@@ -18,6 +18,10 @@ use crate::variable::Collection;
 /// the lookups it serves; foldhash is seeded per process.
 type TxHash = foldhash::fast::RandomState;
 
+/// A `TX` variable's value: most are short (numbers, flags, names), held inline, so a
+/// transaction starting from the prelude's variables copies them without allocating.
+pub(crate) type TxValue = smallvec::SmallVec<[u8; 24]>;
+
 /// The most bytes a `TX` variable holds; longer values are cut.
 const MAX_TX_VALUE: usize = 64 * 1024;
 /// The most `TX` variables a transaction holds.
@@ -68,7 +72,7 @@ pub struct Transaction<'a> {
 /// from their outcome and runs the rest.
 #[derive(Debug, Clone)]
 pub(crate) struct Prelude {
-    tx: HashMap<Arc<str>, Vec<u8>, TxHash>,
+    tx: HashMap<Arc<str>, TxValue, TxHash>,
     pub(super) outcome: CrsOutcome,
     allowed: bool,
     matched_vars: Vec<(String, Vec<u8>)>,
@@ -93,7 +97,7 @@ impl Prelude {
         let op = Operator::compile(name, std::str::from_utf8(value).ok()?).ok()?;
         Some(super::Preset {
             tx: var,
-            value: value.clone(),
+            value: value.to_vec(),
             op,
         })
     }
@@ -501,7 +505,7 @@ impl std::fmt::Debug for Transaction<'_> {
 /// and outcome so far, owned, so it can wait for the response ([`Crs::resume`]).
 #[derive(Debug, Clone)]
 pub struct Suspended {
-    tx: HashMap<Arc<str>, Vec<u8>, TxHash>,
+    tx: HashMap<Arc<str>, TxValue, TxHash>,
     engine: EngineMode,
     removed_ids: Vec<(u32, u32)>,
     removed_tags: Vec<String>,
@@ -800,7 +804,7 @@ impl Transaction<'_> {
         self.state
             .tx
             .get(name.to_ascii_lowercase().as_str())
-            .map(Vec::as_slice)
+            .map(TxValue::as_slice)
     }
 
     fn is_removed(&self, rule: &CRule) -> bool {
@@ -846,7 +850,11 @@ impl Transaction<'_> {
         let expanded = match &link.op {
             Op::Macro {
                 preset: Some(p), ..
-            } if self.state.tx.get(p.tx.as_str()) == Some(&p.value) => Some(&p.op),
+            } if self.state.tx.get(p.tx.as_str()).map(|v| v.as_slice())
+                == Some(p.value.as_slice()) =>
+            {
+                Some(&p.op)
+            }
             Op::Macro { name, param, .. } => {
                 built = Operator::compile(name, &self.expand(param, &NO_RULE)).ok();
                 built.as_ref()
@@ -1332,7 +1340,7 @@ impl Transaction<'_> {
             return;
         }
         let key = interned.cloned().unwrap_or_else(|| Arc::from(name));
-        self.state.tx.insert(key, value.to_vec());
+        self.state.tx.insert(key, TxValue::from_slice(value));
     }
 
     fn setvar(&mut self, sv: &SetVar, rule: &CRule) {
