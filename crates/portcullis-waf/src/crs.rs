@@ -323,6 +323,8 @@ pub struct Crs {
     pub(crate) prelude: Option<exec::Prelude>,
     /// Per phase and step: what is known of its rule before it runs.
     pub(crate) gates: [Vec<gate::Gate>; 5],
+    /// The collection of each bit of a gate's mask.
+    pub(crate) by_bit: [Option<crate::variable::Collection>; 64],
     /// The `MATCHED_VARS` of the rules whose gate is [`gate::Gate::Always`].
     pub(crate) fixed: Vec<exec::MatchedVars>,
 }
@@ -547,6 +549,7 @@ impl Crs {
             prelude: None,
             gates: Default::default(),
             fixed: Vec::new(),
+            by_bit: gate::by_bit(),
         };
         let prelude = crs.prelude();
         for link in crs.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {

@@ -696,12 +696,22 @@ impl Transaction<'_> {
             }
             let Step::Rule(ri) = step else { continue };
             let gate = gates.get(i - 1).copied().unwrap_or(Gate::Open);
-            if let Gate::Reads(bits) = gate
-                && bits & self.filled == 0
-                && (bits & gate::XML == 0 || self.state.body_processor.as_deref() != Some("XML"))
-            {
-                // Nothing to read: the rule cannot match.
-                continue;
+            let xml = || self.state.body_processor.as_deref() == Some("XML");
+            match gate {
+                Gate::Reads(bits) | Gate::Grouped { reads: bits, .. }
+                    if bits & self.filled == 0 && (bits & gate::XML == 0 || !xml()) =>
+                {
+                    // Nothing to read: the rule cannot match.
+                    continue;
+                }
+                Gate::Grouped { reads, group, bit }
+                    if (reads & gate::XML == 0 || !xml())
+                        && !self.group_may_match(reads, group, bit) =>
+                {
+                    // No item has the pattern's bit: the rule cannot match.
+                    continue;
+                }
+                _ => {}
             }
             let decided = self.state.from_prelude
                 && self.state.removed_targets_by_id.is_empty()
@@ -1055,6 +1065,23 @@ impl Transaction<'_> {
             union |= memo.mask(self.crs, key, group, raw);
         }
         union
+    }
+
+    /// Whether an item of the collections of `reads` ([`gate::bit`]) has `bit` in the
+    /// search of `group`.
+    fn group_may_match(&self, reads: u64, group: u32, bit: u16) -> bool {
+        let mut left = reads & self.filled & !gate::XML;
+        while left != 0 {
+            let at = left.trailing_zeros();
+            left &= left - 1;
+            let Some(Some(c)) = self.crs.by_bit.get(at as usize) else {
+                return true;
+            };
+            if self.union(*c, group) & u32::from(bit) != 0 {
+                return true;
+            }
+        }
+        false
     }
 
     /// The union of the group masks of every item of collection `c`.

@@ -24,6 +24,17 @@ pub(crate) enum Gate {
     /// Its first link reads only the collections of these bits ([`bit`]): when the exchange
     /// has no item in any of them, the rule does not match.
     Reads(u64),
+    /// As [`Gate::Reads`], and the link is a grouped, non-negated `@rx` over whole collections:
+    /// when no item of them has the pattern's bit in the group's search, the rule does not
+    /// match (the transaction's per-collection unions answer without reading the rule).
+    Grouped {
+        /// The collections ([`bit`]).
+        reads: u64,
+        /// The group.
+        group: u32,
+        /// The pattern's bit in the group's mask.
+        bit: u16,
+    },
     /// Its first link's verdict is fixed in a transaction that starts from the prelude: it
     /// does not match.
     Never,
@@ -41,6 +52,17 @@ pub(crate) const XML: u64 = 1 << 63;
 /// A collection's bit in a [`Gate::Reads`] mask.
 pub(crate) fn bit(c: Collection) -> u64 {
     1 << (c as u32 % 63)
+}
+
+/// The collection of each bit ([`bit`]).
+pub(crate) fn by_bit() -> [Option<Collection>; 64] {
+    let mut out = [None; 64];
+    for c in Collection::all() {
+        if let Some(slot) = out.get_mut((c as u32 % 63) as usize) {
+            *slot = Some(c);
+        }
+    }
+    out
 }
 
 /// The bits of the collections of `ex` that hold at least one item.
@@ -196,7 +218,15 @@ pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
                     }
                     _ => {}
                 }
-                reads(first).map_or(Gate::Open, Gate::Reads)
+                // (Exclusions only remove items: a union over all of them is a superset.)
+                let whole = first.vars.iter().all(|v| matches!(v.select, Select::All));
+                match (reads(first), first.slot) {
+                    (Some(reads), Some((group, bit))) if first.prefilter && whole => {
+                        Gate::Grouped { reads, group, bit }
+                    }
+                    (Some(reads), _) => Gate::Reads(reads),
+                    (None, _) => Gate::Open,
+                }
             })
             .collect()
     });

@@ -460,6 +460,7 @@ SecRule XML:/* "@rx ." "id:21,phase:2,pass,log"
 SecRule REQUEST_COOKIES|!REQUEST_COOKIES:a "@rx ." "id:22,phase:2,pass,log"
 SecRule &REQUEST_COOKIES "@eq 0" "id:23,phase:2,pass,log"
 SecRule ARGS "!@rx zzz" "id:24,phase:2,pass,log"
+SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
 "#;
     let c = crs(rules);
     use gate::Gate;
@@ -473,8 +474,14 @@ SecRule ARGS "!@rx zzz" "id:24,phase:2,pass,log"
     // A message with macros and a `setvar` are more than a match: the rule runs.
     assert_eq!(gate_of(&c, 15), Gate::Open);
     assert_eq!(gate_of(&c, 16), Gate::Open);
-    assert!(matches!(gate_of(&c, 20), Gate::Reads(_)));
-    assert!(matches!(gate_of(&c, 21), Gate::Reads(b) if b & gate::XML != 0));
+    // A grouped `@rx` over whole collections is decided by the group's unions.
+    assert!(matches!(gate_of(&c, 20), Gate::Grouped { .. }));
+    assert!(matches!(
+        gate_of(&c, 21),
+        Gate::Reads(b) | Gate::Grouped { reads: b, .. } if b & gate::XML != 0
+    ));
+    // One that reads a named member is decided by that member alone, when evaluated.
+    assert!(matches!(gate_of(&c, 25), Gate::Reads(_)));
     // `&` counts have a value even for an empty collection.
     assert_eq!(gate_of(&c, 23), Gate::Open);
 
@@ -497,7 +504,7 @@ SecRule ARGS "!@rx zzz" "id:24,phase:2,pass,log"
         .filter(|m| m.logged)
         .map(|m| m.id)
         .collect();
-    assert_eq!(fired, [10, 12, 15, 16, 20]);
+    assert_eq!(fired, [10, 12, 15, 16, 20, 25]);
     assert_eq!(
         c.evaluate_request(&with_cookie, "127.0.0.1"),
         without_prelude(&c, &with_cookie)
