@@ -737,11 +737,13 @@ impl Transaction<'_> {
             }
             let matched = match gate {
                 Gate::Always(at) if decided => {
-                    let fixed = crs.fixed.get(at as usize);
-                    if let Some(fixed) = fixed.filter(|_| !self.is_removed(rule)) {
-                        self.matched_vars.clone_from(fixed);
+                    match (crs.fixed.get(at as usize), rule.links.split_first()) {
+                        (Some(fixed), Some((first, rest))) if !self.is_removed(rule) => {
+                            self.matched_fixed(rule, first, fixed);
+                            rest.iter().all(|link| self.eval_link(rule, link))
+                        }
+                        _ => false,
                     }
-                    fixed.is_some() && !self.is_removed(rule)
                 }
                 _ => !self.is_removed(rule) && self.eval_rule(rule),
             };
@@ -1012,6 +1014,25 @@ impl Transaction<'_> {
             self.ctl(ctl);
         }
         true
+    }
+
+    /// Runs the actions of `link`, which matched with the values `fixed` (its verdict fixed
+    /// at load, see [`Gate::Always`]), as [`Self::eval_link`] runs them.
+    fn matched_fixed(&mut self, rule: &CRule, link: &Link, fixed: &MatchedVars) {
+        if link.setvars.is_empty() {
+            self.matched_vars.clone_from(fixed);
+        } else {
+            self.matched_vars.clear();
+            for (name, value) in fixed {
+                self.matched_vars.push((name.clone(), value.clone()));
+                for sv in &link.setvars {
+                    self.setvar(sv, rule);
+                }
+            }
+        }
+        for ctl in &link.ctls {
+            self.ctl(ctl);
+        }
     }
 
     /// Whether any item of the link's collections matches its pattern, by the group

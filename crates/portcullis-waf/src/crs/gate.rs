@@ -7,13 +7,15 @@
 //! - for a first link that reads only `TX` variables that no rule sets after the rule set's
 //!   static start (see [`Prelude`](super::exec::Prelude)), its verdict: those variables hold,
 //!   in every transaction that starts from the prelude, the values the prelude gave them.
-//!   CRS's per-file paranoia-level checks (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`) are such
-//!   links.
+//!   CRS's per-file paranoia-level checks (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`) and its
+//!   score sums (`TX:BLOCKING_PARANOIA_LEVEL "@ge 1"`) are such links.
+//! - for a grouped `@rx` over whole collections, the group and bit whose per-collection
+//!   unions dismiss it.
 
 use std::collections::HashSet;
 
 use super::exec::MatchedVars;
-use super::{CRule, Crs, Link, Op, Select, Source, Step};
+use super::{Crs, Link, Op, Select, Source, Step};
 use crate::variable::Collection;
 
 /// What a phase step's rule needs to be worth evaluating.
@@ -38,10 +40,10 @@ pub(crate) enum Gate {
     /// Its first link's verdict is fixed in a transaction that starts from the prelude: it
     /// does not match.
     Never,
-    /// Its verdict is fixed in a transaction that starts from the prelude: it matches, with
-    /// the `MATCHED_VARS` at this index of [`Crs::fixed`]. The rule is then one link with no
-    /// `setvar`, `ctl` or `capture` and a message without macros, so matching does nothing
-    /// else.
+    /// Its first link's verdict is fixed in a transaction that starts from the prelude: it
+    /// matches, with the `MATCHED_VARS` at this index of [`Crs::fixed`]; its actions run and
+    /// the rest of its chain is evaluated. (A link with `capture` is not fixed: its captures
+    /// would have to be kept too.)
     Always(u32),
 }
 
@@ -163,16 +165,6 @@ fn reads(link: &Link) -> Option<u64> {
     })
 }
 
-/// Whether a rule that matches does nothing but record the match and its disruptive and
-/// flow actions.
-fn plain(rule: &CRule) -> bool {
-    rule.msg.as_deref().is_none_or(|m| !m.contains("%{"))
-        && match rule.links.as_slice() {
-            [link] => link.setvars.is_empty() && link.ctls.is_empty() && !link.capture,
-            _ => false,
-        }
-}
-
 /// The gates of every phase's steps, and the fixed `MATCHED_VARS` of [`Gate::Always`]. The
 /// prelude must be set.
 pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
@@ -210,7 +202,7 @@ pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
                 };
                 match verdicts.get(r) {
                     Some(None) => return Gate::Never,
-                    Some(Some(matched)) if plain(rule) => {
+                    Some(Some(matched)) if !first.capture => {
                         if let Ok(at) = u32::try_from(fixed.len()) {
                             fixed.push(matched.clone());
                             return Gate::Always(at);

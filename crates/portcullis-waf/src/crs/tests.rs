@@ -454,7 +454,8 @@ SecRule TX:mode "@streq on" "id:12,phase:2,pass,log"
 SecRule TX:made_xx "@eq 1" "id:13,phase:2,pass,log"
 SecRule TX:1 "@streq xx" "id:14,phase:2,pass,log"
 SecRule TX:pl "@lt 2" "id:15,phase:2,pass,log,msg:'at %{tx.pl}'"
-SecRule TX:pl "@lt 2" "id:16,phase:2,pass,log,setvar:tx.seen=1"
+SecRule TX:pl "@lt 2" "id:16,phase:2,pass,log,setvar:tx.seen=%{matched_var}"
+SecRule TX:seen "@eq 1" "id:17,phase:2,pass,log,msg:'seen %{tx.seen}'"
 SecRule REQUEST_COOKIES|REQUEST_COOKIES_NAMES "@rx ." "id:20,phase:2,pass,log"
 SecRule XML:/* "@rx ." "id:21,phase:2,pass,log"
 SecRule REQUEST_COOKIES|!REQUEST_COOKIES:a "@rx ." "id:22,phase:2,pass,log"
@@ -471,9 +472,10 @@ SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
     for id in [12, 13, 14] {
         assert_eq!(gate_of(&c, id), Gate::Open, "{id}");
     }
-    // A message with macros and a `setvar` are more than a match: the rule runs.
-    assert_eq!(gate_of(&c, 15), Gate::Open);
-    assert_eq!(gate_of(&c, 16), Gate::Open);
+    // A fixed match still runs the rule's actions and expands its message.
+    assert!(matches!(gate_of(&c, 15), Gate::Always(_)));
+    assert!(matches!(gate_of(&c, 16), Gate::Always(_)));
+    assert_eq!(gate_of(&c, 17), Gate::Open);
     // A grouped `@rx` over whole collections is decided by the group's unions.
     assert!(matches!(gate_of(&c, 20), Gate::Grouped { .. }));
     assert!(matches!(
@@ -485,12 +487,19 @@ SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
     // `&` counts have a value even for an empty collection.
     assert_eq!(gate_of(&c, 23), Gate::Open);
 
-    assert_eq!(ids(&c, "/"), [10, 12, 15, 16, 23]);
-    assert_eq!(ids(&c, "/?set=off"), [10, 15, 16, 23, 24]);
-    assert_eq!(ids(&c, "/?cap=xx"), [10, 12, 13, 14, 15, 16, 23, 24]);
+    assert_eq!(ids(&c, "/"), [10, 12, 15, 16, 17, 23]);
+    let out = c.evaluate_request(&get("/"), "127.0.0.1");
+    let msgs: Vec<_> = out
+        .matches
+        .iter()
+        .filter_map(|m| m.msg.as_deref())
+        .collect();
+    assert_eq!(msgs, ["at 1", "seen 1"]);
+    assert_eq!(ids(&c, "/?set=off"), [10, 15, 16, 17, 23, 24]);
+    assert_eq!(ids(&c, "/?cap=xx"), [10, 12, 13, 14, 15, 16, 17, 23, 24]);
     // A removed target or rule is honoured by a fixed verdict.
-    assert_eq!(ids(&c, "/?rm=1"), [12, 15, 16, 23, 24]);
-    assert_eq!(ids(&c, "/?off=1"), [12, 15, 16, 23, 24]);
+    assert_eq!(ids(&c, "/?rm=1"), [12, 15, 16, 17, 23, 24]);
+    assert_eq!(ids(&c, "/?off=1"), [12, 15, 16, 17, 23, 24]);
     let (parts, ()) = http::Request::get("/")
         .header("cookie", "a=b")
         .body(())
@@ -504,7 +513,7 @@ SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
         .filter(|m| m.logged)
         .map(|m| m.id)
         .collect();
-    assert_eq!(fired, [10, 12, 15, 16, 20, 25]);
+    assert_eq!(fired, [10, 12, 15, 16, 17, 20, 25]);
     assert_eq!(
         c.evaluate_request(&with_cookie, "127.0.0.1"),
         without_prelude(&c, &with_cookie)
