@@ -99,6 +99,9 @@ pub(crate) enum Select {
 pub(crate) struct NameLiteral {
     anchored: bool,
     text: Box<[u8]>,
+    /// Whether the regex is this literal and nothing more (`^header_name_920450_`): then the
+    /// literal decides alone.
+    whole: bool,
 }
 
 impl NameLiteral {
@@ -140,6 +143,7 @@ fn name_literal(src: &str) -> Option<NameLiteral> {
     Some(NameLiteral {
         anchored,
         text: text.into(),
+        whole: len == bytes.len(),
     })
 }
 
@@ -148,10 +152,12 @@ impl Select {
         match self {
             Self::All => true,
             Self::Name(n) => n.eq_ignore_ascii_case(name),
-            Self::Regex(re, literal) => {
-                literal.as_ref().is_none_or(|l| l.admits(name.as_bytes()))
-                    && re.is_match(name.as_bytes())
-            }
+            Self::Regex(re, literal) => match literal {
+                // (Key regexes match without case, as the literal does.)
+                Some(l) if l.whole => l.admits(name.as_bytes()),
+                Some(l) => l.admits(name.as_bytes()) && re.is_match(name.as_bytes()),
+                None => re.is_match(name.as_bytes()),
+            },
         }
     }
 }

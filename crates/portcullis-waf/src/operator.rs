@@ -304,7 +304,7 @@ impl Operator {
             Self::Contains(p) => p.is_empty() || value.windows(p.len()).any(|w| w == p.as_slice()),
             Self::BeginsWith(p) => value.starts_with(p),
             Self::EndsWith(p) => value.ends_with(p),
-            Self::Within(p) => !value.is_empty() && memchr::memmem::find(p, value).is_some(),
+            Self::Within(p) => !value.is_empty() && occurs_in(p, value),
             Self::Numeric(cmp, n) => {
                 let v = to_int(value);
                 match cmp {
@@ -393,6 +393,26 @@ impl Condition {
     pub fn is_negated(&self) -> bool {
         self.negated
     }
+}
+
+/// Whether `needle` (not empty) occurs in `haystack`, an operator's parameter: candidates by
+/// `memchr` on the first byte, no searcher to build per call. At most `haystack.len()`
+/// comparisons of at most `needle.len() <= haystack.len()` bytes, both bounded by the
+/// parameter.
+fn occurs_in(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, _)) = needle.split_first() else {
+        return true;
+    };
+    if needle.len() > haystack.len() {
+        return false;
+    }
+    let last_start = haystack.len() - needle.len();
+    // (The second byte is compared first: most candidates differ there.)
+    let second = needle.get(1);
+    memchr::memchr_iter(first, haystack.get(..=last_start).unwrap_or_default()).any(|at| {
+        (second.is_none() || haystack.get(at + 1) == second)
+            && haystack.get(at..at + needle.len()) == Some(needle)
+    })
 }
 
 #[cfg(test)]

@@ -517,6 +517,9 @@ pub struct Suspended {
     /// Whether the transaction started from the rule set's [`Prelude`] (so the `TX`
     /// variables no later rule sets hold the prelude's values).
     from_prelude: bool,
+    /// Which of `TX.0`-`TX.9` may be set (a capture clears the others: only these are
+    /// looked up).
+    captured: u16,
 }
 
 impl Suspended {
@@ -558,6 +561,7 @@ impl Crs {
                 outcome: CrsOutcome::default(),
                 allowed: false,
                 from_prelude: false,
+                captured: ALL_CAPTURES,
             },
             matched_vars: Vec::new(),
             memo: std::cell::RefCell::new(Pooled(Memo::new(self, ex))),
@@ -996,12 +1000,15 @@ impl Transaction<'_> {
         self.matched_vars.clear();
         for (name, value, caps) in matched {
             if let Some(groups) = caps {
-                for (key, text) in CAPTURE_NAMES.iter().zip(groups) {
+                for (n, (key, text)) in CAPTURE_NAMES.iter().zip(groups).enumerate() {
+                    let bit = 1_u16 << n;
                     match text {
                         Some(text) => self.set_tx(key, None, &text),
-                        None => {
+                        None if self.state.captured & bit != 0 => {
                             self.state.tx.remove(*key);
+                            self.state.captured &= !bit;
                         }
+                        None => {}
                     }
                 }
             }
@@ -1211,8 +1218,10 @@ impl Transaction<'_> {
                 .filter(|x| x.name == var.name)
                 .map(|x| &x.select)
                 .collect();
+            // (`TX` members come selected: see `for_each_member`.)
+            let selected = matches!(var.source, Source::Tx);
             let keep = |member: &str| {
-                var.select.selects(member)
+                (selected || var.select.selects(member))
                     && !var.excluded.iter().any(|x| x.selects(member))
                     && !removed_here.iter().any(|x| x.selects(member))
             };
@@ -1379,6 +1388,9 @@ impl Transaction<'_> {
     /// is the name as an `Arc` when the caller has one.
     fn set_tx(&mut self, name: &str, interned: Option<&Arc<str>>, value: &[u8]) {
         let value = value.get(..MAX_TX_VALUE).unwrap_or(value);
+        if let [digit @ b'0'..=b'9'] = name.as_bytes() {
+            self.state.captured |= 1 << (digit - b'0');
+        }
         if let Some(slot) = self.state.tx.get_mut(name) {
             slot.clear();
             slot.extend_from_slice(value);
@@ -1463,13 +1475,13 @@ impl Transaction<'_> {
         if !text.as_bytes().contains(&b'%') {
             return Cow::Borrowed(text);
         }
-        let Some(first) = text.find("%{") else {
+        let Some(first) = macro_start(text) else {
             return Cow::Borrowed(text);
         };
         let mut out = String::with_capacity(text.len() + 16);
         out.push_str(text.get(..first).unwrap_or_default());
         let mut rest = text.get(first..).unwrap_or_default();
-        while let Some(start) = rest.find("%{") {
+        while let Some(start) = macro_start(rest) {
             out.push_str(rest.get(..start).unwrap_or_default());
             let after = rest.get(start + 2..).unwrap_or_default();
             let Some(end) = after.find('}') else {
@@ -1545,6 +1557,15 @@ impl Transaction<'_> {
 }
 
 /// The `TX` names of the capture groups.
+/// Where the first `%{` of `text` is (`str::find` with a string builds a searcher per call).
+fn macro_start(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'%', bytes).find(|&at| bytes.get(at + 1) == Some(&b'{'))
+}
+
+/// Every bit of [`Suspended::captured`].
+const ALL_CAPTURES: u16 = (1 << 10) - 1;
+
 const CAPTURE_NAMES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// A rule with no id, for macros expanded outside a rule's own actions.

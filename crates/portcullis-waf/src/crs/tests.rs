@@ -249,6 +249,8 @@ fn key_regex_literals_are_needed_by_every_match() {
         "multipart_headers_content_type",
         "multipart_headers_content_types_1",
         "other",
+        "x__UTMz",
+        "__utma",
     ];
     for src in [
         "^header_name_920450_",
@@ -256,6 +258,7 @@ fn key_regex_literals_are_needed_by_every_match() {
         "paramcounter_.*",
         "^abc?",
         "abcd{0,2}x",
+        "__utm",
     ] {
         let re = regex_automata::meta::Regex::builder()
             .syntax(regex_automata::util::syntax::Config::new().case_insensitive(true))
@@ -269,8 +272,17 @@ fn key_regex_literals_are_needed_by_every_match() {
                     "{src} {name}"
                 );
             }
+            // A literal that is the whole regex decides alone: exactly as the regex.
+            if let Some(l) = literal.as_ref().filter(|l| l.whole) {
+                assert_eq!(l.admits(name.as_bytes()), re.is_match(name), "{src} {name}");
+            }
         }
     }
+    let whole = |src: &str| name_literal(src).map(|l| l.whole);
+    assert_eq!(whole("^header_name_920450_"), Some(true));
+    assert_eq!(whole("__utm"), Some(true));
+    assert_eq!(whole("paramcounter_.*"), Some(false));
+    assert_eq!(whole("^abcd?"), Some(false));
 }
 
 #[test]

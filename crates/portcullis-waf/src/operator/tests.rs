@@ -58,6 +58,19 @@ fn string_operators() {
     assert!(within.matches(b"HEAD"));
     assert!(!within.matches(b"DELETE"));
     assert!(!within.matches(b""));
+    // Candidates share first bytes; the needle may end the parameter, or be longer than it.
+    let slashed = op("within", "/content-encoding/ /proxy/ /lock-token/");
+    for (value, hit) in [
+        (&b"/proxy/"[..], true),
+        (b"/lock-token/", true),
+        (b"/content-encoding/", true),
+        (b"/", true),
+        (b"/prox/", false),
+        (b"/lock-token/x", false),
+        (b"/content-encoding/ /proxy/ /lock-token/ /x/", false),
+    ] {
+        assert_eq!(slashed.matches(value), hit, "{value:?}");
+    }
 }
 
 #[test]
