@@ -99,7 +99,7 @@ const COLLECTIONS: &[(&str, Collection)] = &[
 ];
 
 impl Collection {
-    /// Every collection.
+    /// Every collection (one with two names, twice).
     pub(crate) fn all() -> impl Iterator<Item = Self> {
         COLLECTIONS.iter().map(|(_, c)| *c)
     }

@@ -1052,7 +1052,7 @@ impl Transaction<'_> {
         link.vars.iter().any(|var| match var.source {
             _ if var.count => true,
             Source::Exchange(c) if !matches!(var.select, Select::All) => {
-                self.selected_union(c, &var.select, group) & u32::from(bit) != 0
+                self.selected_union(c, Some(&var.select), group) & u32::from(bit) != 0
             }
             Source::Exchange(c) => self.union(c, group) & u32::from(bit) != 0,
             // The same values as `REQUEST_URI`, which ModSecurity leaves undecoded too.
@@ -1067,9 +1067,9 @@ impl Transaction<'_> {
     }
 
     /// The union of the group masks of the items of collection `c` that `select` selects
-    /// (by name, as [`Self::for_each_member`] names them): a rule that reads one header is
-    /// not decided by searching the others.
-    fn selected_union(&self, c: Collection, select: &Select, group: u32) -> u32 {
+    /// (by name, as [`Self::for_each_member`] names them; every item without `select`): a
+    /// rule that reads one header is not decided by searching the others.
+    fn selected_union(&self, c: Collection, select: Option<&Select>, group: u32) -> u32 {
         if self.crs.groups.get(group as usize).is_none() {
             return u32::MAX;
         }
@@ -1079,7 +1079,7 @@ impl Transaction<'_> {
         let mut memo = self.memo.borrow_mut();
         let mut union = 0;
         for (n, item) in self.ex.items(c).iter().enumerate() {
-            if !select.selects(if single { "" } else { item.name() }) {
+            if select.is_some_and(|s| !s.selects(if single { "" } else { item.name() })) {
                 continue;
             }
             let raw = if names {
@@ -1112,31 +1112,21 @@ impl Transaction<'_> {
         false
     }
 
-    /// The union of the group masks of every item of collection `c`.
+    /// The union of the group masks of every item of collection `c`, kept for the
+    /// transaction.
     fn union(&self, c: Collection, group: u32) -> u32 {
-        let mut memo = self.memo.borrow_mut();
-        let groups = memo.groups;
-        let at = c as usize * groups + group as usize;
-        if let Some(&m) = memo.unions.get(at).filter(|m| **m & DONE != 0) {
+        let at = c as usize * self.memo.borrow().groups + group as usize;
+        if let Some(&m) = self
+            .memo
+            .borrow()
+            .unions
+            .get(at)
+            .filter(|m| **m & DONE != 0)
+        {
             return m;
         }
-        if self.crs.groups.get(group as usize).is_none() {
-            return u32::MAX;
-        }
-        let names = c.names_of().is_some();
-        let base = self.ex.base_index(c);
-        let mut union = DONE;
-        for (n, item) in self.ex.items(c).iter().enumerate() {
-            let raw = if names {
-                item.name().as_bytes()
-            } else {
-                item.value()
-            };
-            let Ok(key) = u32::try_from((base + n) * 2 + usize::from(names)) else {
-                return u32::MAX;
-            };
-            union |= memo.mask(self.crs, key, group, raw);
-        }
+        let union = DONE | self.selected_union(c, None, group);
+        let mut memo = self.memo.borrow_mut();
         if memo.unions.len() <= at {
             memo.unions.resize(at + 1, 0);
         }

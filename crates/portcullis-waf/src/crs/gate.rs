@@ -1,14 +1,14 @@
 //! Gates: what is known about a rule before a transaction reaches it, so that a rule which
 //! cannot match is passed over without reading it.
 //!
-//! Two things are known at load time:
+//! Three things are known at load time:
 //! - which collections of the exchange a rule's first link reads: a link that reads only
 //!   empty collections has no value to test, so it cannot match (negated or not);
 //! - for a first link that reads only `TX` variables that no rule sets after the rule set's
 //!   static start (see [`Prelude`](super::exec::Prelude)), its verdict: those variables hold,
 //!   in every transaction that starts from the prelude, the values the prelude gave them.
 //!   CRS's per-file paranoia-level checks (`TX:DETECTION_PARANOIA_LEVEL "@lt 2"`) and its
-//!   score sums (`TX:BLOCKING_PARANOIA_LEVEL "@ge 1"`) are such links.
+//!   score sums (`TX:BLOCKING_PARANOIA_LEVEL "@ge 1"`) are such links;
 //! - for a grouped `@rx` over whole collections, the group and bit whose per-collection
 //!   unions dismiss it.
 
@@ -51,7 +51,7 @@ pub(crate) enum Gate {
 /// its body processor is XML.
 pub(crate) const XML: u64 = 1 << 63;
 
-/// A collection's bit in a [`Gate::Reads`] mask.
+/// A collection's bit in a [`Gate::Reads`] mask (each collection has its own: see the test).
 pub(crate) fn bit(c: Collection) -> u64 {
     1 << (c as u32 % 63)
 }
@@ -223,4 +223,27 @@ pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
             .collect()
     });
     (gates, fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_collection_has_its_own_bit() {
+        let mut seen = 0_u64;
+        let mut all: Vec<Collection> = Collection::all().collect();
+        // (Some collections have two names.)
+        all.sort_by_key(|c| *c as u32);
+        all.dedup();
+        for c in all {
+            assert_eq!(seen & bit(c), 0, "{c:?}");
+            assert_ne!(bit(c), XML, "{c:?}");
+            assert_eq!(
+                by_bit().get(bit(c).trailing_zeros() as usize),
+                Some(&Some(c))
+            );
+            seen |= bit(c);
+        }
+    }
 }
