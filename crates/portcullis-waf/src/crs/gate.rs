@@ -170,10 +170,12 @@ fn reads(link: &Link) -> Option<u64> {
 pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
     let resume = crs.prelude.as_ref().map_or(usize::MAX, |p| p.resume);
     let written = Written::of(crs, resume);
+    // (The prelude's own steps never run in a transaction that starts from it.)
     let candidates: Vec<usize> = crs
         .phases
         .iter()
-        .flatten()
+        .enumerate()
+        .flat_map(|(p, steps)| steps.iter().skip(if p == 0 { resume } else { 0 }))
         .filter_map(|step| match step {
             Step::Rule(r) => Some(*r),
             Step::Marker(_) => None,

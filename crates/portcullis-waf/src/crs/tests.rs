@@ -16,13 +16,27 @@ fn get(uri: &str) -> Exchange {
     Exchange::from_request(&parts, b"", ParseOptions::default())
 }
 
-fn ids(crs: &Crs, uri: &str) -> Vec<u32> {
-    crs.evaluate_request(&get(uri), "127.0.0.1")
-        .matches
+/// A GET of `uri` with one header.
+fn get_with(uri: &str, name: &str, value: &str) -> Exchange {
+    let (parts, ()) = http::Request::get(uri)
+        .header(name, value)
+        .body(())
+        .unwrap()
+        .into_parts();
+    Exchange::from_request(&parts, b"", ParseOptions::default())
+}
+
+/// The ids of the logged matches.
+fn logged(out: &CrsOutcome) -> Vec<u32> {
+    out.matches
         .iter()
         .filter(|m| m.logged)
         .map(|m| m.id)
         .collect()
+}
+
+fn ids(crs: &Crs, uri: &str) -> Vec<u32> {
+    logged(&crs.evaluate_request(&get(uri), "127.0.0.1"))
 }
 
 #[test]
@@ -351,18 +365,8 @@ SecRule REQUEST_HEADERS "@rx bytes=" "id:2,phase:1,pass,log"
 SecRule REQUEST_HEADERS:/^x-/ "@rx bytes=" "id:3,phase:1,pass,log"
 "#);
     let fired = |name: &str| {
-        let (parts, ()) = http::Request::get("/")
-            .header(name, "bytes=0-1")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let ex = Exchange::from_request(&parts, b"", ParseOptions::default());
-        let ids: Vec<u32> = c
-            .evaluate_request(&ex, "127.0.0.1")
-            .matches
-            .iter()
-            .map(|m| m.id)
-            .collect();
+        let ex = get_with("/", name, "bytes=0-1");
+        let ids = logged(&c.evaluate_request(&ex, "127.0.0.1"));
         assert_eq!(
             c.evaluate_request(&ex, "127.0.0.1"),
             without_prelude(&c, &ex)
@@ -387,12 +391,7 @@ SecRule ARGS "@rx ^a b$" "id:6,phase:1,pass,log,multiMatch,t:urlDecode,t:removeW
 "#);
     let run = |uri: &str| {
         let out = c.evaluate_request(&get(uri), "127.0.0.1");
-        let ids: Vec<u32> = out
-            .matches
-            .iter()
-            .filter(|m| m.logged)
-            .map(|m| m.id)
-            .collect();
+        let ids = logged(&out);
         let msg = out
             .matches
             .iter()
@@ -512,19 +511,8 @@ SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
     // A removed target or rule is honoured by a fixed verdict.
     assert_eq!(ids(&c, "/?rm=1"), [12, 15, 16, 17, 23, 24]);
     assert_eq!(ids(&c, "/?off=1"), [12, 15, 16, 17, 23, 24]);
-    let (parts, ()) = http::Request::get("/")
-        .header("cookie", "a=b")
-        .body(())
-        .unwrap()
-        .into_parts();
-    let with_cookie = Exchange::from_request(&parts, b"", ParseOptions::default());
-    let fired: Vec<u32> = c
-        .evaluate_request(&with_cookie, "127.0.0.1")
-        .matches
-        .iter()
-        .filter(|m| m.logged)
-        .map(|m| m.id)
-        .collect();
+    let with_cookie = get_with("/", "cookie", "a=b");
+    let fired = logged(&c.evaluate_request(&with_cookie, "127.0.0.1"));
     assert_eq!(fired, [10, 12, 15, 16, 17, 20, 25]);
     assert_eq!(
         c.evaluate_request(&with_cookie, "127.0.0.1"),
