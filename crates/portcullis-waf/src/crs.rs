@@ -346,8 +346,12 @@ pub(crate) struct Group {
     /// which can stop at the first match; a larger group's searches all matches, overlapping.
     pub(crate) single: bool,
     /// Per distinct pipeline of its patterns: the bits of those patterns in the group's
-    /// mask, and the pipeline.
-    pub(crate) members: Vec<(u32, u32)>,
+    /// mask, the pipeline, and the raw bytes they need.
+    pub(crate) members: Vec<GroupMember>,
+    /// Bytes one of which an item's value must hold, before any pipeline, for any pattern of
+    /// the group to match (the union of the members' screens), when known: a collection
+    /// whose values hold none of them is not searched at all.
+    pub(crate) screen: Option<needs::ByteSet>,
     /// Bytes one of which every match of every pattern contains, when there are such: a
     /// value with none of them is not searched.
     pub(crate) needs: Option<needs::ByteSet>,
@@ -356,6 +360,42 @@ pub(crate) struct Group {
     /// match is searched by that pattern alone, which is faster than the whole group and
     /// can skip text by its own literals.
     pub(crate) solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)>,
+}
+
+/// The patterns of a [`Group`] that read one pipeline's values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupMember {
+    /// The bits of those patterns in the group's mask.
+    pub(crate) bits: u32,
+    pub(crate) pipeline: u32,
+    /// Bytes one of which an item's value must hold, before the pipeline, for one of the
+    /// patterns to match what the pipeline makes of it (see [`needs::needs_before`]), when
+    /// known: the pipeline is not run on a value without them.
+    pub(crate) screen: Option<needs::ByteSet>,
+}
+
+impl Group {
+    /// Works out the members' screens, and the group's, from the patterns' needs.
+    fn screen_members(&mut self, pipelines: &[Arc<[Transform]>]) {
+        for member in &mut self.members {
+            let needs = self
+                .solo
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| member.bits & (1 << i) != 0)
+                .try_fold(needs::ByteSet::default(), |acc, (_, (n, _))| {
+                    Some(acc.union((*n)?))
+                });
+            member.screen = needs
+                .and_then(|n| needs::needs_before(pipelines.get(member.pipeline as usize)?, n));
+        }
+        self.screen = self
+            .members
+            .iter()
+            .try_fold(needs::ByteSet::default(), |acc, m| {
+                Some(acc.union(m.screen?))
+            });
+    }
 }
 
 /// Per-phase defaults from `SecDefaultAction`.
@@ -502,7 +542,7 @@ impl Crs {
                     .collect();
             }
         }
-        let groups = build_groups(&mut rules);
+        let mut groups = build_groups(&mut rules);
         let jumps = phases.clone().map(|steps| {
             steps
                 .iter()
@@ -542,6 +582,9 @@ impl Crs {
                 })
             })
             .collect();
+        for group in &mut groups {
+            group.screen_members(&pipelines);
+        }
         let mut crs = Self {
             groups,
             pipelines,
@@ -1199,14 +1242,20 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                         .collect(),
                     members: chunk.iter().enumerate().fold(
                         Vec::new(),
-                        |mut pipes: Vec<(u32, u32)>, (i, (_, pipeline))| {
-                            match pipes.iter_mut().find(|(_, p)| p == pipeline) {
-                                Some((bits, _)) => *bits |= 1 << i,
-                                None => pipes.push((1 << i, *pipeline)),
+                        |mut pipes: Vec<GroupMember>, (i, (_, pipeline))| {
+                            match pipes.iter_mut().find(|m| m.pipeline == *pipeline) {
+                                Some(m) => m.bits |= 1 << i,
+                                None => pipes.push(GroupMember {
+                                    bits: 1 << i,
+                                    pipeline: *pipeline,
+                                    screen: None,
+                                }),
                             }
                             pipes
                         },
                     ),
+                    // (Worked out once the pipelines are known: see `screen_members`.)
+                    screen: None,
                 });
                 Some(at)
             }));

@@ -80,7 +80,7 @@ pub enum Transform {
     DecodeBlobs,
 }
 
-const NAMES: &[(&str, Transform)] = &[
+pub(crate) const NAMES: &[(&str, Transform)] = &[
     ("lowercase", Transform::Lowercase),
     ("urlDecode", Transform::UrlDecode),
     ("urlDecodeUni", Transform::UrlDecodeUni),
@@ -175,6 +175,43 @@ impl Transform {
             | Self::Length
             | Self::DecodeBlobs => return None,
         })
+    }
+
+    /// A test for the bytes the transformation may write that its input lacks (it writes
+    /// them only when the input holds one of its [`trigger`](Self::trigger) bytes): decoders
+    /// may write any byte, case and whitespace normalisers their letters and spaces, the
+    /// filters none. With the trigger, this bounds what a pipeline can make of a value from
+    /// the value's own bytes, before running it.
+    pub(crate) fn creates(self) -> fn(u8) -> bool {
+        match self {
+            Self::Lowercase => |b: u8| b.is_ascii_lowercase(),
+            Self::Utf8ToUnicode => |b| b == b'%' || b == b'u' || b.is_ascii_hexdigit(),
+            Self::ReplaceNulls
+            | Self::CompressWhitespace
+            | Self::RemoveComments
+            | Self::RemoveCommentsChar
+            | Self::ReplaceComments => |b| b == b' ',
+            Self::NormalizePath | Self::NormalizePathWin => |b| b == b'/',
+            Self::CmdLine => |b| b == b' ' || b.is_ascii_lowercase(),
+            Self::RemoveNulls
+            | Self::RemoveWhitespace
+            | Self::Trim
+            | Self::TrimLeft
+            | Self::TrimRight => |_| false,
+            Self::UrlDecode
+            | Self::UrlDecodeUni
+            | Self::NormalizeText
+            | Self::HtmlEntityDecode
+            | Self::JsDecode
+            | Self::CssDecode
+            | Self::EscapeSeqDecode
+            | Self::Base64Decode
+            | Self::Base64DecodeExt
+            | Self::HexEncode
+            | Self::Sha1
+            | Self::Length
+            | Self::DecodeBlobs => |_| true,
+        }
     }
 
     /// Applies the transformation: `Borrowed` (the input itself) when it leaves the value as

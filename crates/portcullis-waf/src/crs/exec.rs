@@ -182,6 +182,8 @@ struct Memo {
     set: regex_automata::PatternSet,
     /// Per key: the bytes of its raw value, once computed.
     raw_bytes: Vec<Option<ByteSet>>,
+    /// Per collection: the bytes of its items' raw values, once computed.
+    collection_bytes: Vec<Option<ByteSet>>,
     /// Per transformed value, by its span in `arena`: its bytes, once computed.
     arena_bytes: HashMap<(u32, u32), ByteSet, TxHash>,
 }
@@ -251,6 +253,7 @@ impl Memo {
             groups: 0,
             set: regex_automata::PatternSet::new(super::GROUP_SIZE),
             raw_bytes: Vec::new(),
+            collection_bytes: Vec::new(),
             arena_bytes: HashMap::with_hasher(TxHash::default()),
         }
     }
@@ -260,7 +263,8 @@ impl Memo {
         self.arena.capacity()
             + self.spans.capacity() * std::mem::size_of::<(u32, u32)>()
             + (self.rows.capacity() + self.masks.capacity() + self.unions.capacity()) * 4
-            + self.raw_bytes.capacity() * std::mem::size_of::<Option<ByteSet>>()
+            + (self.raw_bytes.capacity() + self.collection_bytes.capacity())
+                * std::mem::size_of::<Option<ByteSet>>()
             + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
     }
 
@@ -282,6 +286,7 @@ impl Memo {
         memo.set.clear();
         memo.raw_bytes.clear();
         memo.raw_bytes.resize(keys, None);
+        memo.collection_bytes.clear();
         memo.arena_bytes.clear();
         memo
     }
@@ -394,12 +399,21 @@ impl Memo {
             return m;
         }
         let mut mask = DONE;
-        if let Some(g) = crs.groups.get(group as usize) {
+        // A value with none of the bytes a pipeline needs to make what a pattern needs is
+        // not run through the pipeline, nor searched.
+        let raw_bytes = self.bytes_of(key, SAME, raw);
+        if let Some(g) = crs.groups.get(group as usize)
+            && g.screen.is_none_or(|s| raw_bytes.intersects(s))
+        {
             // The distinct values, by span, with the bits of the patterns that see each.
             let mut classes: [((u32, u32), u32); super::GROUP_SIZE] =
                 [((0, 0), 0); super::GROUP_SIZE];
             let mut count = 0;
-            for &(bits, pipeline) in &g.members {
+            for member in &g.members {
+                if member.screen.is_some_and(|s| !raw_bytes.intersects(s)) {
+                    continue;
+                }
+                let (bits, pipeline) = (member.bits, member.pipeline);
                 let span = self.span(crs, key, pipeline, raw);
                 let value = spanned(&self.arena, span, raw);
                 let seen = classes
@@ -467,7 +481,7 @@ impl Memo {
                     mask |= (1 << p.as_usize()) & live;
                 }
             }
-        } else {
+        } else if crs.groups.get(group as usize).is_none() {
             // No such group: every pattern may match (the link's own test decides).
             mask |= 0xffff;
         }
@@ -1125,7 +1139,19 @@ impl Transaction<'_> {
         {
             return m;
         }
-        let union = DONE | self.selected_union(c, None, group);
+        // A collection whose values hold none of the bytes the group's pipelines need is not
+        // searched item by item.
+        let screened = self
+            .crs
+            .groups
+            .get(group as usize)
+            .and_then(|g| g.screen)
+            .is_some_and(|s| !self.collection_bytes(c).intersects(s));
+        let union = if screened {
+            DONE
+        } else {
+            DONE | self.selected_union(c, None, group)
+        };
         let mut memo = self.memo.borrow_mut();
         if memo.unions.len() <= at {
             memo.unions.resize(at + 1, 0);
@@ -1134,6 +1160,34 @@ impl Transaction<'_> {
             *slot = union;
         }
         union
+    }
+
+    /// The bytes of the values of collection `c`'s items, kept for the transaction.
+    fn collection_bytes(&self, c: Collection) -> ByteSet {
+        if let Some(Some(bytes)) = self.memo.borrow().collection_bytes.get(c as usize) {
+            return *bytes;
+        }
+        let names = c.names_of().is_some();
+        let base = self.ex.base_index(c);
+        let mut memo = self.memo.borrow_mut();
+        let mut bytes = ByteSet::default();
+        for (n, item) in self.ex.items(c).iter().enumerate() {
+            let raw = if names {
+                item.name().as_bytes()
+            } else {
+                item.value()
+            };
+            let key = u32::try_from((base + n) * 2 + usize::from(names)).unwrap_or(u32::MAX);
+            bytes = bytes.union(memo.bytes_of(key, SAME, raw));
+        }
+        let at = c as usize;
+        if memo.collection_bytes.len() <= at {
+            memo.collection_bytes.resize(at + 1, None);
+        }
+        if let Some(slot) = memo.collection_bytes.get_mut(at) {
+            *slot = Some(bytes);
+        }
+        bytes
     }
 
     /// Whether `value` passes the link's operator, with the capture groups when the link

@@ -2,6 +2,7 @@
 //! cannot match it, and the search is skipped. Most CRS patterns need a quote, a bracket or
 //! some other punctuation that ordinary values lack.
 
+use crate::transform::Transform;
 use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// A set of bytes.
@@ -113,6 +114,21 @@ pub(crate) fn phrases_need<'a>(phrases: impl IntoIterator<Item = &'a str>) -> Op
         }
     }
     any.then_some(set)
+}
+
+/// The bytes one of which a value must hold for `pipeline` to make of it a value holding
+/// one of `needs` (each transformation writes only its input's bytes and those it
+/// [`creates`](Transform::creates), and creates only from a [`trigger`](Transform::trigger)
+/// byte), or `None` when the pipeline may make any value of any other.
+pub(crate) fn needs_before(pipeline: &[Transform], needs: ByteSet) -> Option<ByteSet> {
+    pipeline.iter().rev().try_fold(needs, |after, t| {
+        let trigger = ByteSet::matching(t.trigger()?);
+        Some(if ByteSet::matching(t.creates()).intersects(after) {
+            after.union(trigger)
+        } else {
+            after
+        })
+    })
 }
 
 /// The bytes every match of `pattern` contains (see [`need`]).
@@ -311,5 +327,50 @@ mod tests {
                 assert!(!op.matches(&v), "{v:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_pipeline_makes_needed_bytes_only_from_the_bytes_before_it() {
+        // Random pipelines of up to four transformations (of those with triggers), random
+        // needed sets and values: whenever the pipeline's output holds a needed byte, the
+        // value held one of `needs_before`.
+        let mut next = crate::testing::xorshift(0x7f4a_7c15_9e37_79b9);
+        let with_trigger: Vec<Transform> = crate::transform::NAMES
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| t.trigger().is_some())
+            .collect();
+        let alphabet: &[u8] = b"%+u\\&#;x/.-*<>' \t\0\xa0\xc3\xa9AaZz09()\"^,";
+        let pick = |n: u64, from: &[u8]| from[(n % from.len() as u64) as usize];
+        let (mut checked, mut made) = (0, 0);
+        for _ in 0..20_000 {
+            let len = 1 + (next() % 4) as usize;
+            let pipeline: Vec<Transform> = (0..len)
+                .map(|_| with_trigger[(next() % with_trigger.len() as u64) as usize])
+                .collect();
+            let needs = set(&[pick(next(), alphabet), pick(next(), alphabet)]);
+            let before = needs_before(&pipeline, needs).unwrap();
+            for _ in 0..20 {
+                let value: Vec<u8> = (0..next() % 12).map(|_| pick(next(), alphabet)).collect();
+                let out = crate::transform::apply_all(&pipeline, &value);
+                if ByteSet::of(&out).intersects(needs) {
+                    assert!(
+                        ByteSet::of(&value).intersects(before),
+                        "{pipeline:?} made one of {needs:?} from {value:?}"
+                    );
+                    made += u32::from(!ByteSet::of(&value).intersects(needs));
+                }
+                checked += 1;
+            }
+        }
+        // (Many outputs hold needed bytes their values lacked: the test has teeth.)
+        assert!(checked == 400_000 && made > 1_000, "{checked} {made}");
+        let lower = [Transform::Lowercase, Transform::UrlDecodeUni];
+        assert_eq!(needs_before(&lower, set(b"<")), Some(set(b"<%+")));
+        assert_eq!(
+            needs_before(&lower, set(b"a")),
+            Some(set(b"a%+").union(ByteSet::matching(|b| b.is_ascii_uppercase())))
+        );
+        assert_eq!(needs_before(&[Transform::Base64Decode], set(b"<")), None);
     }
 }

@@ -366,3 +366,35 @@ fn values_without_a_trigger_byte_are_left_as_they_are() {
     }
     assert!(checked > 300_000, "{checked}");
 }
+
+#[test]
+fn transformations_write_only_their_input_bytes_and_those_they_create() {
+    // Every string of up to 4 bytes over the bytes the transformations care about, then
+    // 20,000 random strings over every byte, through each transformation that does not
+    // create every byte: its output holds only bytes of its input and bytes it `creates`.
+    let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
+    let sample: &[u8] = b"%u\\&#;x/.-*<!>+ \t\0\xa0\xffFfA09aZ\"'^,()?";
+    let mut values = all_strings(sample, 4);
+    for _ in 0..20_000 {
+        let len = (next() % 61) as usize;
+        values.push((0..len).map(|_| (next() % 256) as u8).collect());
+    }
+    let mut checked = 0;
+    for (_, tr) in NAMES {
+        let creates = tr.creates();
+        if (0..=255_u8).all(creates) {
+            continue;
+        }
+        for v in &values {
+            let out = tr.apply(v);
+            for &b in out.iter() {
+                assert!(
+                    v.contains(&b) || creates(b),
+                    "{tr} wrote {b:#x} into {v:?}, which lacks it"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 300_000, "{checked}");
+}
