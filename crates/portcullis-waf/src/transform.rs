@@ -292,7 +292,18 @@ impl<'de> Deserialize<'de> for Transform {
 
 /// Whitespace as ModSecurity counts it: space, `\t\n\v\f\r` and NBSP (0xA0).
 fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0)
+    // (A table: this runs for every byte of long values.)
+    #[allow(clippy::indexing_slicing, reason = "b < 256, the table's length")]
+    const SPACE: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = matches!(b, 0x20 | 0x09 | 0x0a | 0x0b | 0x0c | 0x0d | 0xa0);
+            b += 1;
+        }
+        table
+    };
+    SPACE.get(usize::from(b)).copied().unwrap_or(false)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -336,8 +347,16 @@ fn filter(input: &[u8], keep: impl Fn(u8) -> bool) -> Cow<'_, [u8]> {
     if !any_byte(input, |b| !keep(b)) {
         Cow::Borrowed(input)
     } else {
-        let mut out = Vec::with_capacity(input.len());
-        out.extend(input.iter().copied().filter(|&b| keep(b)));
+        // Every byte is written, and the end moves past the kept ones (no branch per byte).
+        let mut out = vec![0; input.len()];
+        let mut end = 0;
+        for &b in input {
+            if let Some(slot) = out.get_mut(end) {
+                *slot = b;
+            }
+            end += usize::from(keep(b));
+        }
+        out.truncate(end);
         Cow::Owned(out)
     }
 }
@@ -716,18 +735,28 @@ fn replace_comments(input: &[u8]) -> Cow<'_, [u8]> {
 /// Whether normalising `input` as a path leaves it as it is: no `.` or `..` segment, no
 /// empty segment but at the ends (and, for Windows paths, no backslash).
 fn normal_already(input: &[u8], windows: bool) -> bool {
-    if windows && input.contains(&b'\\') {
+    if windows && memchr::memchr(b'\\', input).is_some() {
         return false;
     }
-    let last = input.split(|&b| b == b'/').count().saturating_sub(1);
-    input
-        .split(|&b| b == b'/')
-        .enumerate()
-        .all(|(i, seg)| match seg {
-            b"." | b".." => false,
-            b"" => i == 0 || i == last,
-            _ => true,
-        })
+    // Segment by segment, from slash to slash: no `.` or `..`, and no empty one but the
+    // first and the last.
+    let mut start = 0;
+    let mut slashes = memchr::memchr_iter(b'/', input);
+    loop {
+        let end = slashes.next();
+        let segment = input
+            .get(start..end.unwrap_or(input.len()))
+            .unwrap_or_default();
+        match segment {
+            b"." | b".." => return false,
+            b"" if start != 0 && end.is_some() => return false,
+            _ => {}
+        }
+        match end {
+            Some(at) => start = at + 1,
+            None => return true,
+        }
+    }
 }
 
 fn normalize_path(input: &[u8], windows: bool) -> Cow<'_, [u8]> {
@@ -840,15 +869,29 @@ fn cmd_line_slow(input: &[u8]) -> Cow<'_, [u8]> {
 }
 
 pub(crate) fn base64_decode(input: &[u8], forgiving: bool) -> Vec<u8> {
-    let value = |b: u8| -> Option<u32> {
-        match b {
-            b'A'..=b'Z' => Some(u32::from(b - b'A')),
-            b'a'..=b'z' => Some(u32::from(b - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(b - b'0') + 52),
-            b'+' | b'-' => Some(62),
-            b'/' | b'_' => Some(63),
-            _ => None,
+    /// Each byte's 6 bits, or `NONE` outside the alphabet (a table: this runs for every
+    /// byte of every value some CRS pipelines read).
+    const NONE: u8 = 0xff;
+    #[allow(clippy::indexing_slicing, reason = "b < 256, the table's length")]
+    const VALUES: [u8; 256] = {
+        let mut table = [NONE; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = match b as u8 {
+                c @ b'A'..=b'Z' => c - b'A',
+                c @ b'a'..=b'z' => c - b'a' + 26,
+                c @ b'0'..=b'9' => c - b'0' + 52,
+                b'+' | b'-' => 62,
+                b'/' | b'_' => 63,
+                _ => NONE,
+            };
+            b += 1;
         }
+        table
+    };
+    let value = |b: u8| -> Option<u32> {
+        let v = VALUES.get(usize::from(b)).copied().unwrap_or(NONE);
+        (v != NONE).then_some(u32::from(v))
     };
     let mut out = Vec::with_capacity(input.len() * 3 / 4);
     let mut acc = 0u32;
