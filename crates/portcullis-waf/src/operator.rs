@@ -139,7 +139,41 @@ pub(crate) fn rewrite_hex_escapes(pattern: &str) -> String {
 
 /// ModSecurity's integer conversion: optional sign and leading digits; anything else is 0.
 fn to_int(value: &[u8]) -> i64 {
-    let text = String::from_utf8_lossy(value);
+    if value.is_ascii() {
+        to_int_ascii(value)
+    } else {
+        to_int_text(&String::from_utf8_lossy(value))
+    }
+}
+
+/// [`to_int_text`] on ASCII, without making a string of it (most values compared are short
+/// ASCII numbers).
+fn to_int_ascii(value: &[u8]) -> i64 {
+    let space = |b: &u8| char::from(*b).is_whitespace();
+    let start = value.iter().position(|b| !space(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !space(b))
+        .map_or(start, |e| e + 1);
+    let text = value.get(start..end).unwrap_or_default();
+    let (sign, digits) = match text.split_first() {
+        Some((b'-', rest)) => (-1, rest),
+        Some((b'+', rest)) => (1, rest),
+        _ => (1, text),
+    };
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits
+        .get(..end)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse::<i64>().ok())
+        .map_or(0, |n| n * sign)
+}
+
+/// The integer `text` starts with once trimmed (`0` when it starts with none).
+fn to_int_text(text: &str) -> i64 {
     let text = text.trim();
     let (sign, digits) = match text.strip_prefix('-') {
         Some(rest) => (-1, rest),

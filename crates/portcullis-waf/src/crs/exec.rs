@@ -935,8 +935,10 @@ impl Transaction<'_> {
                             self.test(link, expanded, memo.value(span, &val.value))
                         };
                     }
-                    let seen = memo.value(span, &val.value).to_vec();
-                    (result.0, result.1, Some(seen))
+                    // (Copied only for a match: `MATCHED_VAR` is all it is kept for.)
+                    let seen =
+                        (result.0 != link.negated).then(|| memo.value(span, &val.value).to_vec());
+                    (result.0, result.1, seen)
                 } else {
                     let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
                     let mut result = test(&value);
@@ -951,7 +953,8 @@ impl Transaction<'_> {
                             result = test(&value);
                         }
                     }
-                    (result.0, result.1, Some(value.into_owned()))
+                    let seen = (result.0 != link.negated).then(|| value.into_owned());
+                    (result.0, result.1, seen)
                 }
             } else {
                 let decide = |value: &[u8], grouped: Option<bool>| {

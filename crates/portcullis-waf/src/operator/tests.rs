@@ -164,3 +164,36 @@ fn arbitrary_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn numbers_read_from_ascii_bytes_agree_with_numbers_read_from_text() {
+    // Every string of up to 4 bytes over the bytes that matter to a number, and some long
+    // ones: the byte path reads the same integer as the text path.
+    let alphabet = b" \t\x0b-+09a.";
+    let mut values: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut frontier = values.clone();
+    for _ in 0..4 {
+        frontier = frontier
+            .iter()
+            .flat_map(|v| {
+                alphabet.iter().map(move |&b| {
+                    let mut next = v.clone();
+                    next.push(b);
+                    next
+                })
+            })
+            .collect();
+        values.extend(frontier.iter().cloned());
+    }
+    values.push(b"9223372036854775807".to_vec());
+    values.push(b"-9223372036854775808".to_vec());
+    values.push(b"99999999999999999999".to_vec());
+    values.push(b" \x0c 42 \r\n".to_vec());
+    for v in &values {
+        let text = std::str::from_utf8(v).unwrap();
+        assert_eq!(super::to_int_ascii(v), super::to_int_text(text), "{text:?}");
+    }
+    assert!(values.len() > 7_000);
+    assert_eq!(super::to_int(b" -17x"), -17);
+    assert_eq!(super::to_int("\u{a0}5".as_bytes()), 5);
+}
