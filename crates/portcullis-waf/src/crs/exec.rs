@@ -64,6 +64,8 @@ pub struct Transaction<'a> {
     filled: u64,
     /// Whether phase 1 may start from the rule set's [`Prelude`] (a new transaction).
     pub(super) fresh: bool,
+    /// Buffers for `setvar`'s expanded name and value.
+    scratch: (String, String),
 }
 
 /// The start of phase 1 worked out once at load time: the rules there that read only `TX`
@@ -581,6 +583,7 @@ impl Crs {
             memo: std::cell::RefCell::new(Pooled(Memo::new(self, ex))),
             filled: gate::filled(ex),
             fresh: true,
+            scratch: Default::default(),
         }
     }
 
@@ -1455,25 +1458,40 @@ impl Transaction<'_> {
         | SetVar::Add(name, _)
         | SetVar::Sub(name, _)
         | SetVar::Delete(name)) = sv;
+        // (Expanded into the transaction's buffers: no allocation per setvar.)
+        let (mut key_buf, mut value_buf) = std::mem::take(&mut self.scratch);
+        key_buf.clear();
+        value_buf.clear();
         // A name with no macro is used as parsed (lowercase, interned).
-        let (key, interned) = match self.expand(name, rule) {
-            Cow::Borrowed(_) => (Cow::Borrowed(&**name), Some(name)),
-            Cow::Owned(mut expanded) => {
-                expanded.make_ascii_lowercase();
-                (Cow::Owned(expanded), None)
-            }
+        let (key, interned): (&str, _) = if self.expand_into(name, rule, &mut key_buf) {
+            key_buf.make_ascii_lowercase();
+            (&key_buf, None)
+        } else {
+            (name, Some(name))
+        };
+        let expanded = |t: &Self, value: &'_ str, buf: &mut String| -> bool {
+            t.expand_into(value, rule, buf)
         };
         match sv {
             SetVar::Set(_, value) => {
-                let value = self.expand(value, rule);
-                self.set_tx(&key, interned, value.as_bytes());
+                let value: &str = if expanded(self, value, &mut value_buf) {
+                    &value_buf
+                } else {
+                    value
+                };
+                self.set_tx(key, interned, value.as_bytes());
             }
             SetVar::Add(_, value) | SetVar::Sub(_, value) => {
-                let delta: i64 = self.expand(value, rule).trim().parse().unwrap_or(0);
+                let value: &str = if expanded(self, value, &mut value_buf) {
+                    &value_buf
+                } else {
+                    value
+                };
+                let delta: i64 = value.trim().parse().unwrap_or(0);
                 let now: i64 = self
                     .state
                     .tx
-                    .get(&*key)
+                    .get(key)
                     .and_then(|v| std::str::from_utf8(v).ok())
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0);
@@ -1489,12 +1507,13 @@ impl Transaction<'_> {
                     let _ = std::io::Write::write_fmt(&mut out, format_args!("{next}"));
                     24 - out.len()
                 };
-                self.set_tx(&key, interned, digits.get(..len).unwrap_or_default());
+                self.set_tx(key, interned, digits.get(..len).unwrap_or_default());
             }
             SetVar::Delete(_) => {
-                self.state.tx.remove(&*key);
+                self.state.tx.remove(key);
             }
         }
+        self.scratch = (key_buf, value_buf);
     }
 
     fn ctl(&mut self, ctl: &Ctl) {
@@ -1519,13 +1538,21 @@ impl Transaction<'_> {
 
     /// Expands `%{...}` macros; text with none is returned as it is.
     fn expand<'t>(&self, text: &'t str, rule: &CRule) -> Cow<'t, str> {
-        if !text.as_bytes().contains(&b'%') {
-            return Cow::Borrowed(text);
+        let mut out = String::new();
+        if self.expand_into(text, rule, &mut out) {
+            Cow::Owned(out)
+        } else {
+            Cow::Borrowed(text)
         }
+    }
+
+    /// Appends `text` with its `%{...}` macros expanded to `out`, when it has macros (and
+    /// says whether it had: text without leaves `out` as it is).
+    fn expand_into(&self, text: &str, rule: &CRule, out: &mut String) -> bool {
         let Some(first) = macro_start(text) else {
-            return Cow::Borrowed(text);
+            return false;
         };
-        let mut out = String::with_capacity(text.len() + 16);
+        out.reserve(text.len() + 16);
         out.push_str(text.get(..first).unwrap_or_default());
         let mut rest = text.get(first..).unwrap_or_default();
         while let Some(start) = macro_start(rest) {
@@ -1533,13 +1560,13 @@ impl Transaction<'_> {
             let after = rest.get(start + 2..).unwrap_or_default();
             let Some(end) = after.find('}') else {
                 out.push_str(rest.get(start..).unwrap_or_default());
-                return Cow::Owned(out);
+                return true;
             };
-            self.push_macro(after.get(..end).unwrap_or_default(), rule, &mut out);
+            self.push_macro(after.get(..end).unwrap_or_default(), rule, out);
             rest = after.get(end + 1..).unwrap_or_default();
         }
         out.push_str(rest);
-        Cow::Owned(out)
+        true
     }
 
     /// Appends the value of macro `name` (any case) to `out`.
@@ -1656,7 +1683,7 @@ fn single_valued(c: Collection) -> bool {
 
 /// libinjection's SQLi verdict on `value`.
 pub(crate) fn detect_sqli(value: &[u8]) -> bool {
-    if one_plain_token(value) {
+    if one_plain_token(value) || plain_words(value) {
         return false;
     }
     guarded(|| libinjectionrs::SqliState::new(value, libinjectionrs::SqliFlags::FLAG_NONE).detect())
@@ -1676,6 +1703,74 @@ pub(crate) fn one_plain_token(value: &[u8]) -> bool {
             rest.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
         }
         _ => false,
+    }
+}
+
+/// Whether libinjection reads `value` as barewords alone, which it never flags: words
+/// separated by spaces, each an ASCII letter followed by letters, digits, `_` and `.` (one
+/// word token to libinjection's tokenizer, which splits a word at a dot only after a keyword),
+/// where no word, no part of a word before a dot, and no two neighbouring words joined by a
+/// space (libinjection merges such pairs into one token, as `ORDER BY`) is a word of its
+/// keyword table. Its folding rules change barewords only by that merging, so the
+/// fingerprint is `n` to `nnnnn`, none of which is on its list. The tests check the
+/// shortcut against libinjection on words from its keyword table and on ordinary text.
+pub(crate) fn plain_words(value: &[u8]) -> bool {
+    let mut previous: Option<&[u8]> = None;
+    let mut any = false;
+    for word in value.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
+        let plain = word.len() < 32
+            && word.first().is_some_and(u8::is_ascii_alphabetic)
+            && word
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.');
+        if !plain || is_sql_word(word) {
+            return false;
+        }
+        if memchr::memchr_iter(b'.', word).any(|at| is_sql_word(word.get(..at).unwrap_or_default()))
+        {
+            return false;
+        }
+        if let Some(before) = previous {
+            let mut pair = [0_u8; 64];
+            if let Some((a, rest)) = pair.split_at_mut_checked(before.len())
+                && let Some((space, b)) = rest.split_first_mut()
+                && let Some(b) = b.get_mut(..word.len())
+            {
+                a.copy_from_slice(before);
+                *space = b' ';
+                b.copy_from_slice(word);
+            }
+            let joined = before.len() + 1 + word.len();
+            if is_sql_word(pair.get(..joined).unwrap_or_default()) {
+                return false;
+            }
+        }
+        previous = Some(word);
+        any = true;
+    }
+    any
+}
+
+/// Whether libinjection's keyword table gives `word` (any case) a type other than bareword.
+pub(crate) fn is_sql_word(word: &[u8]) -> bool {
+    static WORDS: std::sync::OnceLock<std::collections::HashSet<&'static [u8], TxHash>> =
+        std::sync::OnceLock::new();
+    let words = WORDS.get_or_init(|| {
+        libinjectionrs::sqli::sqli_data::SQL_KEYWORDS
+            .iter()
+            .filter(|k| b"kfUETto&v1ABF".contains(&k.token_type))
+            .map(|k| k.word.as_bytes())
+            .collect()
+    });
+    let mut upper = [0_u8; 64];
+    match upper.get_mut(..word.len()) {
+        Some(slot) => {
+            slot.copy_from_slice(word);
+            slot.make_ascii_uppercase();
+            words.contains(&*slot)
+        }
+        // Longer than any keyword.
+        None => false,
     }
 }
 

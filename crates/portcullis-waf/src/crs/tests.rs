@@ -144,6 +144,146 @@ SecRule REQUEST_PROTOCOL "!@rx ^HTTP/\d\.\d$" "id:42,phase:1,log,pass"
     assert_eq!(got, [41, 42, 40]);
 }
 
+/// The plain-words shortcut agrees with libinjection: on pairs and triples of words drawn
+/// from its keyword table (each word of every entry, in three cases), from its multi-word
+/// entries' neighbours, and from ordinary words (with dots, digits and the letters of its
+/// special strings), on five words and more, and on ordinary text it answers for.
+#[test]
+fn the_plain_words_shortcut_agrees_with_libinjection() {
+    let full =
+        |v: &[u8]| libinjectionrs::SqliState::new(v, libinjectionrs::SqliFlags::FLAG_NONE).detect();
+    let mut words: Vec<String> = libinjectionrs::sqli::sqli_data::SQL_KEYWORDS
+        .iter()
+        .flat_map(|k| k.word.split(' ').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    words.extend(
+        [
+            "blue",
+            "running",
+            "shoes",
+            "a",
+            "b",
+            "e",
+            "n",
+            "q",
+            "u",
+            "x",
+            "messages.0.content",
+            "json.max_tokens",
+            "select.x",
+            "x.select",
+            "a.b.c",
+            "assistant.",
+            "N1",
+            "x41",
+            "user_id",
+            "sleep5",
+            "ORDER",
+            "by",
+            "group",
+            "natural",
+            "join",
+            "in",
+            "boolean",
+            "mode",
+            "sounds",
+            "like",
+            "is",
+            "not",
+            "null",
+            "true",
+        ]
+        .map(String::from),
+    );
+    words.sort();
+    words.dedup();
+    let forms = |w: &str| [w.to_owned(), w.to_ascii_lowercase(), w.to_ascii_uppercase()];
+    let mut next = crate::testing::xorshift(0x1234_5678_9abc_def1);
+    // Half the words from the table, half made up: letters, with digits, `_` and dots.
+    let pick = |n: u64| {
+        if n.is_multiple_of(2) {
+            return words[((n / 2) % words.len() as u64) as usize].clone();
+        }
+        let alphabet = b"abcdefghijklmnopqrstuvwxyzABEQNUX0123456789_.";
+        let len = 1 + (n >> 8) % 9;
+        let mut w = String::from(char::from(b"abenquxsoit"[((n >> 4) % 11) as usize]));
+        for i in 1..len {
+            w.push(char::from(
+                alphabet[((n >> (12 + 3 * i)) % alphabet.len() as u64) as usize],
+            ));
+        }
+        w
+    };
+    let (mut said, mut checked) = (0, 0);
+    let mut check = |value: &str| {
+        checked += 1;
+        if exec::plain_words(value.as_bytes()) {
+            said += 1;
+            assert!(!full(value.as_bytes()), "libinjection flags `{value}`");
+        }
+    };
+    for _ in 0..40_000 {
+        let (a, b, c) = (pick(next()), pick(next()), pick(next()));
+        let n = next() % 3;
+        for (fa, fb) in forms(&a).into_iter().zip(forms(&b)) {
+            match n {
+                0 => check(&format!("{fa} {fb}")),
+                1 => check(&format!("{fa} {fb} {c}")),
+                _ => check(&format!("{fa}  {fb} {c} {a} {b} {c}")),
+            }
+        }
+    }
+    // Every neighbouring pair of each multi-word entry, with ordinary words around it.
+    for k in libinjectionrs::sqli::sqli_data::SQL_KEYWORDS {
+        let parts: Vec<&str> = k.word.split(' ').collect();
+        for pair in parts.windows(2) {
+            for form in forms(&pair.join(" ")) {
+                check(&form);
+                check(&format!("blue {form}"));
+                check(&format!("{form} shoes"));
+            }
+        }
+    }
+    for text in [
+        "blue running shoes",
+        "You are a helpful assistant.",
+        "messages.0.content",
+        "please keep it short",
+    ] {
+        assert!(exec::plain_words(text.as_bytes()), "{text}");
+        assert!(!full(text.as_bytes()));
+    }
+    // Words libinjection reads otherwise are left to it, among them attacks of words alone.
+    for v in [
+        "1 union select 1",
+        "x or 1",
+        "a-b",
+        "order by",
+        "a, b",
+        "select.1",
+        "x 'y'",
+    ] {
+        assert!(!exec::plain_words(v.as_bytes()), "{v}");
+    }
+    for attack in [
+        "x union select password from users",
+        "a union all select b from c",
+        "union all select null",
+        "x having 1",
+    ] {
+        assert!(full(attack.as_bytes()) && !exec::plain_words(attack.as_bytes()));
+    }
+    // The keyword lookup gives every entry of the table, in any case, libinjection's answer.
+    for k in libinjectionrs::sqli::sqli_data::SQL_KEYWORDS {
+        for form in forms(k.word) {
+            let keyword = libinjectionrs::sqli::sqli_data::lookup_word(&form)
+                != libinjectionrs::sqli::TokenType::Bareword;
+            assert_eq!(exec::is_sql_word(form.as_bytes()), keyword, "{form}");
+        }
+    }
+    assert!(said > 20_000 && checked > 100_000, "{said} of {checked}");
+}
+
 /// The SQLi shortcut agrees with libinjection on every keyword of its table that it would
 /// answer for (as written, lowercase and capitalised), on digit strings, and on words that
 /// start like libinjection's special strings (`b'..'`, `n'..'`, `x'..'`, `u&'..'`, `q'..'`).
