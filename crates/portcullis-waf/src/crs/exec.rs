@@ -57,7 +57,7 @@ pub struct Transaction<'a> {
     crs: &'a Crs,
     ex: &'a Exchange,
     remote_addr: String,
-    state: Suspended,
+    pub(super) state: Suspended,
     matched_vars: Vec<(String, Vec<u8>)>,
     memo: std::cell::RefCell<Pooled>,
     /// The collections of the exchange that hold items ([`gate::bit`]).
@@ -524,15 +524,15 @@ pub struct Suspended {
     tx: HashMap<Arc<str>, TxValue, TxHash>,
     engine: EngineMode,
     removed_ids: Vec<(u32, u32)>,
-    removed_tags: Vec<String>,
-    removed_targets_by_id: Vec<(Vec<(u32, u32)>, Var)>,
-    removed_targets_by_tag: Vec<(String, Var)>,
+    pub(super) removed_tags: Vec<String>,
+    pub(super) removed_targets_by_id: Vec<(Vec<(u32, u32)>, Var)>,
+    pub(super) removed_targets_by_tag: Vec<(String, Var)>,
     body_processor: Option<String>,
     outcome: CrsOutcome,
     allowed: bool,
     /// Whether the transaction started from the rule set's [`Prelude`] (so the `TX`
     /// variables no later rule sets hold the prelude's values).
-    from_prelude: bool,
+    pub(super) from_prelude: bool,
     /// Which of `TX.0`-`TX.9` may be set (a capture clears the others: only these are
     /// looked up).
     captured: u16,
@@ -734,9 +734,10 @@ impl Transaction<'_> {
                 }
                 _ => {}
             }
-            let decided = self.state.from_prelude
-                && self.state.removed_targets_by_id.is_empty()
-                && self.state.removed_targets_by_tag.is_empty();
+            // (Fixed verdicts are for links that read only `TX`: a removed target of another
+            // collection, such as CRS's `ctl:ruleRemoveTargetByTag=xss-perf-disable;
+            // REQUEST_FILENAME` on most requests, leaves them as they are.)
+            let decided = self.state.from_prelude && !self.removes_tx_targets();
             if gate == Gate::Never && decided {
                 continue;
             }
@@ -838,6 +839,13 @@ impl Transaction<'_> {
             .tx
             .get(name.to_ascii_lowercase().as_str())
             .map(TxValue::as_slice)
+    }
+
+    /// Whether a `ctl` has removed some `TX` target from some rules.
+    pub(super) fn removes_tx_targets(&self) -> bool {
+        let tx = |v: &Var| matches!(v.source, Source::Tx);
+        self.state.removed_targets_by_id.iter().any(|(_, v)| tx(v))
+            || self.state.removed_targets_by_tag.iter().any(|(_, v)| tx(v))
     }
 
     fn is_removed(&self, rule: &CRule) -> bool {

@@ -599,6 +599,7 @@ SecRule ARGS:set "@rx ." "id:2,phase:1,pass,nolog,setvar:tx.mode=%{matched_var}"
 SecRule ARGS:cap "@rx (x+)" "id:3,phase:1,pass,nolog,capture,setvar:tx.made_%{tx.1}=1"
 SecRule ARGS:rm "@rx ." "id:4,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;TX:pl"
 SecRule ARGS:off "@rx ." "id:5,phase:1,pass,nolog,ctl:ruleRemoveById=10"
+SecRule ARGS:path "@rx ." "id:6,phase:1,pass,nolog,ctl:ruleRemoveTargetById=10;REQUEST_FILENAME"
 SecRule TX:pl "@lt 2" "id:10,phase:2,pass,log"
 SecRule TX:pl "@lt 1" "id:11,phase:2,pass,log"
 SecRule TX:mode "@streq on" "id:12,phase:2,pass,log"
@@ -651,6 +652,15 @@ SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
     // A removed target or rule is honoured by a fixed verdict.
     assert_eq!(ids(&c, "/?rm=1"), [12, 15, 16, 17, 23, 24]);
     assert_eq!(ids(&c, "/?off=1"), [12, 15, 16, 17, 23, 24]);
+    // A removed target of another collection leaves fixed verdicts in force.
+    assert_eq!(ids(&c, "/?path=1"), [10, 12, 15, 16, 17, 23, 24]);
+    let (path, rm) = (get("/?path=1"), get("/?rm=1"));
+    let mut t = c.transaction(&path, "127.0.0.1");
+    t.run(1);
+    assert!(t.state.from_prelude && !t.removes_tx_targets());
+    let mut t = c.transaction(&rm, "127.0.0.1");
+    t.run(1);
+    assert!(t.removes_tx_targets());
     let with_cookie = get_with("/", "cookie", "a=b");
     let fired = logged(&c.evaluate_request(&with_cookie, "127.0.0.1"));
     assert_eq!(fired, [10, 12, 15, 16, 17, 20, 25]);
@@ -667,6 +677,8 @@ SecRule REQUEST_COOKIES:a "@rx ^b$" "id:25,phase:2,pass,log"
             "/?cap=xx",
             "/?rm=1",
             "/?off=1",
+            "/?path=1",
+            "/?rm=1&path=1",
             "/?cap=x&set=y",
         ],
     );
