@@ -258,6 +258,9 @@ pub(crate) struct Link {
     /// For `@rx`: the pattern (hex escapes rewritten), and its place in its pipeline's
     /// multi-pattern group once the set is built.
     pub(crate) rx: Option<String>,
+    /// For `@pm` and `@pmFromFile`: the phrases (grouped like `@rx` patterns, see
+    /// [`Search::Phrases`]).
+    pub(crate) phrases: Option<Arc<[String]>>,
     /// For `@rx` and `@pm`: bytes one of which every match contains (see [`needs`]). A value
     /// with none of them is not searched.
     pub(crate) screen: Option<needs::ByteSet>,
@@ -341,7 +344,7 @@ pub struct Crs {
 /// taken from the search of its own pipeline's value.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
-    pub(crate) regex: Regex,
+    pub(crate) search: Search,
     /// Whether the group holds one pattern. Its regex is then a leftmost-first search,
     /// which can stop at the first match; a larger group's searches all matches, overlapping.
     pub(crate) single: bool,
@@ -362,6 +365,53 @@ pub(crate) struct Group {
     pub(crate) solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)>,
 }
 
+/// How a [`Group`] searches a value for all its patterns at once.
+#[derive(Debug, Clone)]
+pub(crate) enum Search {
+    /// `@rx` patterns, one regex pattern each.
+    Patterns(Regex),
+    /// `@pm` and `@pmFromFile` links: one automaton over all their phrases (without ASCII
+    /// case), with the bits of the links holding each phrase.
+    Phrases {
+        automaton: aho_corasick::AhoCorasick,
+        bits: Vec<u32>,
+    },
+}
+
+impl Group {
+    /// The bits of the group's patterns that match `value`, all of them (`None` when the
+    /// search fails, which a well-built group does not).
+    pub(crate) fn all_matches(
+        &self,
+        value: &[u8],
+        set: &mut regex_automata::PatternSet,
+    ) -> Option<u32> {
+        let mut mask = 0;
+        match &self.search {
+            Search::Patterns(regex) => {
+                set.clear();
+                regex.which_overlapping_matches(&regex_automata::Input::new(value), set);
+                for p in set.iter() {
+                    mask |= 1 << p.as_usize();
+                }
+            }
+            Search::Phrases { automaton, bits } => {
+                let all = bits.iter().fold(0, |all, b| all | b);
+                for m in automaton
+                    .try_find_overlapping_iter(aho_corasick::Input::new(value))
+                    .ok()?
+                {
+                    mask |= bits.get(m.pattern().as_usize()).copied().unwrap_or(0);
+                    if mask == all {
+                        break;
+                    }
+                }
+            }
+        }
+        Some(mask)
+    }
+}
+
 /// The patterns of a [`Group`] that read one pipeline's values.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupMember {
@@ -372,6 +422,25 @@ pub(crate) struct GroupMember {
     /// patterns to match what the pipeline makes of it (see [`needs::needs_before`]), when
     /// known: the pipeline is not run on a value without them.
     pub(crate) screen: Option<needs::ByteSet>,
+}
+
+impl GroupMember {
+    /// The members of a group whose patterns, in bit order, read these pipelines.
+    fn by_pipeline(pipelines: impl Iterator<Item = u32>) -> Vec<Self> {
+        let mut members: Vec<Self> = Vec::new();
+        for (i, pipeline) in pipelines.enumerate() {
+            match members.iter_mut().find(|m| m.pipeline == pipeline) {
+                Some(m) => m.bits |= 1 << i,
+                None => members.push(Self {
+                    bits: 1 << i,
+                    pipeline,
+                    // (Worked out once the pipelines are known: see `screen_members`.)
+                    screen: None,
+                }),
+            }
+        }
+        members
+    }
 }
 
 impl Group {
@@ -543,6 +612,7 @@ impl Crs {
             }
         }
         let mut groups = build_groups(&mut rules);
+        build_phrase_groups(&mut rules, &mut groups);
         let jumps = phases.clone().map(|steps| {
             steps
                 .iter()
@@ -644,6 +714,8 @@ struct Test {
     negated: bool,
     /// For `@rx`: the pattern.
     rx: Option<String>,
+    /// See [`Link::phrases`].
+    phrases: Option<Arc<[String]>>,
     /// See [`Link::screen`].
     screen: Option<needs::ByteSet>,
 }
@@ -662,23 +734,34 @@ impl Loader<'_> {
                 let rx = (operator.name == "rx" && matches!(op, Op::Static(_)))
                     .then(|| crate::operator::rewrite_hex_escapes(&operator.param));
                 // (An `@rx` link's screen is set with the groups, which parse its pattern.)
-                let screen = match (&op, operator.name.as_str()) {
-                    (Op::Static(_), "pm") => needs::phrases_need(operator.param.split_whitespace()),
-                    (Op::Static(_), "pmFromFile" | "pmf") => needs::phrases_need(
+                let phrases: Option<Arc<[String]>> = match (&op, operator.name.as_str()) {
+                    (Op::Static(_), "pm") => Some(
+                        operator
+                            .param
+                            .split_whitespace()
+                            .map(str::to_owned)
+                            .collect(),
+                    ),
+                    (Op::Static(_), "pmFromFile" | "pmf") => Some(
                         operator
                             .param
                             .split_whitespace()
                             .filter_map(|file| self.data.get(file))
                             .flatten()
-                            .map(String::as_str),
+                            .cloned()
+                            .collect(),
                     ),
                     _ => None,
                 };
+                let screen = phrases
+                    .as_deref()
+                    .and_then(|p| needs::phrases_need(p.iter().map(String::as_str)));
                 let test = Test {
                     vars,
                     op,
                     negated: operator.negated,
                     rx,
+                    phrases,
                     screen,
                 };
                 self.rule(&origin, Some(test), &actions)
@@ -888,6 +971,7 @@ impl Loader<'_> {
                     op: Op::Static(Operator::Unconditional),
                     negated: false,
                     rx: None,
+                    phrases: None,
                     screen: None,
                 },
             ),
@@ -897,6 +981,7 @@ impl Loader<'_> {
             op,
             negated,
             rx,
+            phrases,
             screen,
         } = test;
         let (vars, excludes): (Vec<Var>, Vec<Var>) =
@@ -927,6 +1012,7 @@ impl Loader<'_> {
             excludes: excludes.collect(),
             pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
             rx,
+            phrases,
             screen,
             slot: None,
             prefilter: false,
@@ -1103,6 +1189,26 @@ fn is_exclusion(v: &Var) -> bool {
 pub(crate) const GROUP_SIZE: usize = 16;
 const _: () = assert!(GROUP_SIZE <= 16, "a group's matches are a u16 mask");
 
+/// The key of the links searched together: the phase and paranoia level of their rule (CRS
+/// skips the levels above the configured one as a block, so a search holds no pattern that
+/// will not run) and the collections they read (so a collection's search serves the rules
+/// reading it).
+fn bundle_key(rule: &CRule, link: &Link) -> String {
+    let mut sources: Vec<String> = link
+        .vars
+        .iter()
+        .map(|v| format!("{:?}", v.source))
+        .collect();
+    sources.sort();
+    sources.dedup();
+    let level = rule
+        .tags
+        .iter()
+        .find(|t| t.starts_with("paranoia-level/"))
+        .map_or("", String::as_str);
+    format!("{}|{level}|{}", rule.phase, sources.join("|"))
+}
+
 /// Gathers the `@rx` links into multi-pattern searches of [`GROUP_SIZE`] patterns, by the
 /// collections their rules read (so a collection's search serves the rules reading it), and
 /// gives each link its place. Patterns that do not build together keep no group (their links
@@ -1121,21 +1227,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             places.push(None);
             continue;
         };
-        let mut sources: Vec<String> = link
-            .vars
-            .iter()
-            .map(|v| format!("{:?}", v.source))
-            .collect();
-        sources.sort();
-        sources.dedup();
-        // Rules of one phase and paranoia level run together (CRS skips the levels above
-        // the configured one as a block): a search holds no pattern that will not run.
-        let level = rule
-            .tags
-            .iter()
-            .find(|t| t.starts_with("paranoia-level/"))
-            .map_or("", String::as_str);
-        let key = format!("{}|{level}|{}", rule.phase, sources.join("|"));
+        let key = bundle_key(rule, link);
         let at = match bundles.iter().position(|(k, _)| *k == key) {
             Some(at) => at,
             None => {
@@ -1232,7 +1324,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                     .iter()
                     .try_fold(needs::ByteSet::default(), |acc, n| Some(acc.union((*n)?)));
                 groups.push(Group {
-                    regex,
+                    search: Search::Patterns(regex),
                     single,
                     needs,
                     solo: chunk_needs
@@ -1240,20 +1332,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                         .copied()
                         .zip(chunk_alone.iter().cloned())
                         .collect(),
-                    members: chunk.iter().enumerate().fold(
-                        Vec::new(),
-                        |mut pipes: Vec<GroupMember>, (i, (_, pipeline))| {
-                            match pipes.iter_mut().find(|m| m.pipeline == *pipeline) {
-                                Some(m) => m.bits |= 1 << i,
-                                None => pipes.push(GroupMember {
-                                    bits: 1 << i,
-                                    pipeline: *pipeline,
-                                    screen: None,
-                                }),
-                            }
-                            pipes
-                        },
-                    ),
+                    members: GroupMember::by_pipeline(chunk.iter().map(|(_, p)| *p)),
                     // (Worked out once the pipelines are known: see `screen_members`.)
                     screen: None,
                 });
@@ -1277,6 +1356,96 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
         link.prefilter = link.slot.is_some() && !link.negated && !link.multi_match;
     }
     groups
+}
+
+/// Gathers the `@pm` and `@pmFromFile` links of each phase and paranoia level into groups of
+/// [`GROUP_SIZE`], each searched by one automaton over all their phrases: a value is scanned
+/// once for all of them (CRS's phrase files are read by rules over the same arguments), and
+/// a link's verdict is its bit. Links with `multiMatch` keep their own search.
+fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
+    // Per bundle key: the (rule, link) places.
+    let mut bundles: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    for (r, rule) in rules.iter().enumerate() {
+        for (l, link) in rule.links.iter().enumerate() {
+            if link.phrases.is_none() || link.multi_match || link.slot.is_some() {
+                continue;
+            }
+            let key = bundle_key(rule, link);
+            match bundles.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, places)) => places.push((r, l)),
+                None => bundles.push((key.clone(), vec![(r, l)])),
+            }
+        }
+    }
+    for (_, places) in bundles {
+        for chunk in places.chunks(GROUP_SIZE) {
+            let links: Vec<&Link> = chunk
+                .iter()
+                .filter_map(|&(r, l)| rules.get(r)?.links.get(l))
+                .collect();
+            // Each distinct phrase (without ASCII case) once, with the bits of its links.
+            let mut phrases: Vec<Vec<u8>> = Vec::new();
+            let mut bits: Vec<u32> = Vec::new();
+            let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+            for (i, link) in links.iter().enumerate() {
+                for phrase in link.phrases.iter().flat_map(|p| p.iter()) {
+                    let folded = phrase.as_bytes().to_ascii_lowercase();
+                    if folded.is_empty() {
+                        continue;
+                    }
+                    let at = *index.entry(folded.clone()).or_insert_with(|| {
+                        phrases.push(folded);
+                        bits.push(0);
+                        bits.len() - 1
+                    });
+                    if let Some(b) = bits.get_mut(at) {
+                        *b |= 1 << i;
+                    }
+                }
+            }
+            let Ok(automaton) = aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(aho_corasick::MatchKind::Standard)
+                .build(&phrases)
+            else {
+                // (Too large for an automaton: the links keep their own searches.)
+                continue;
+            };
+            let Ok(at) = u32::try_from(groups.len()) else {
+                continue;
+            };
+            let members = GroupMember::by_pipeline(links.iter().map(|l| l.pipeline));
+            let solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)> = links
+                .iter()
+                .map(|link| {
+                    let own = match &link.op {
+                        Op::Static(Operator::Pm(re)) => Some(Arc::clone(re)),
+                        _ => None,
+                    };
+                    (link.screen, own)
+                })
+                .collect();
+            let needs = solo
+                .iter()
+                .try_fold(needs::ByteSet::default(), |acc, (n, _)| {
+                    Some(acc.union((*n)?))
+                });
+            groups.push(Group {
+                search: Search::Phrases { automaton, bits },
+                single: false,
+                members,
+                screen: None,
+                needs,
+                solo,
+            });
+            for (i, &(r, l)) in chunk.iter().enumerate() {
+                if let Some(link) = rules.get_mut(r).and_then(|rule| rule.links.get_mut(l)) {
+                    link.slot = Some((at, 1 << i));
+                    link.prefilter = !link.negated;
+                }
+            }
+        }
+    }
 }
 
 /// Adds every prefix of the pipelines to them, and gives each pipeline its parent (itself

@@ -444,8 +444,8 @@ impl Memo {
                     continue;
                 }
                 let value = spanned(&self.arena, span, raw);
-                if g.single {
-                    if g.regex.is_match(value) {
+                if let (true, super::Search::Patterns(regex)) = (g.single, &g.search) {
+                    if regex.is_match(value) {
                         mask |= bits;
                     }
                     continue;
@@ -476,11 +476,19 @@ impl Memo {
                         continue;
                     }
                 }
-                self.set.clear();
-                g.regex
-                    .which_overlapping_matches(&regex_automata::Input::new(value), &mut self.set);
-                for p in self.set.iter() {
-                    mask |= (1 << p.as_usize()) & live;
+                match g.all_matches(value, &mut self.set) {
+                    Some(found) => mask |= found & live,
+                    // (A search that fails, which a built group's does not: each pattern on
+                    // its own, and one without its own search counts as matching.)
+                    None => {
+                        for (i, (_, re)) in g.solo.iter().enumerate() {
+                            if live & (1 << i) != 0
+                                && re.as_ref().is_none_or(|re| re.is_match(value))
+                            {
+                                mask |= 1 << i;
+                            }
+                        }
+                    }
                 }
             }
         } else if crs.groups.get(group as usize).is_none() {
@@ -495,7 +503,9 @@ impl Memo {
 }
 
 /// The capture groups 0-9 of a match, for `TX.0`-`TX.9`.
-type Groups = Vec<Option<Vec<u8>>>;
+/// (As many as the pattern has, up to ten; held inline for a pattern with none but the
+/// whole match, the common case.)
+type Groups = smallvec::SmallVec<[Option<TxValue>; 1]>;
 
 /// A member of a collection: its name, its value and, for exchange items, the cache key.
 type Member<'v> = (Cow<'v, str>, Cow<'v, [u8]>, Option<u32>);
@@ -1028,10 +1038,10 @@ impl Transaction<'_> {
         self.matched_vars.clear();
         for (name, value, caps) in matched {
             if let Some(groups) = caps {
-                for (n, (key, text)) in CAPTURE_NAMES.iter().zip(groups).enumerate() {
+                for (n, key) in CAPTURE_NAMES.iter().enumerate() {
                     let bit = 1_u16 << n;
-                    match text {
-                        Some(text) => self.set_tx(key, None, &text),
+                    match groups.get(n).and_then(Option::as_ref) {
+                        Some(text) => self.set_tx(key, None, text),
                         None if self.state.captured & bit != 0 => {
                             self.state.tx.remove(*key);
                             self.state.captured &= !bit;
@@ -1220,11 +1230,8 @@ impl Transaction<'_> {
                     let Some(m) = re.find(value) else {
                         return (false, None);
                     };
-                    let mut groups: Groups = vec![None; CAPTURE_NAMES.len()];
-                    if let Some(first) = groups.first_mut() {
-                        *first = Some(value.get(m.range()).unwrap_or_default().to_vec());
-                    }
-                    return (true, Some(groups));
+                    let whole = TxValue::from_slice(value.get(m.range()).unwrap_or_default());
+                    return (true, Some(smallvec::smallvec![Some(whole)]));
                 }
                 if !re.is_match(value) {
                     return (false, None);
@@ -1234,10 +1241,11 @@ impl Transaction<'_> {
                 if !caps.is_match() {
                     return (false, None);
                 }
-                let groups = (0..10)
+                let groups = (0..CAPTURE_NAMES.len())
                     .map(|g| {
-                        caps.get_group(g)
-                            .map(|span| value.get(span.range()).unwrap_or_default().to_vec())
+                        caps.get_group(g).map(|span| {
+                            TxValue::from_slice(value.get(span.range()).unwrap_or_default())
+                        })
                     })
                     .collect();
                 (true, Some(groups))
