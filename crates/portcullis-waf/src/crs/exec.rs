@@ -1111,6 +1111,10 @@ impl Transaction<'_> {
         if self.crs.groups.get(group as usize).is_none() {
             return u32::MAX;
         }
+        // (Items no rule reads are not searched.)
+        if self.hides(c) {
+            return 0;
+        }
         let names = c.names_of().is_some();
         let single = single_valued(c);
         let base = self.ex.base_index(c);
@@ -1184,6 +1188,17 @@ impl Transaction<'_> {
             *slot = union;
         }
         union
+    }
+
+    /// Whether collection `c` shows no items though the exchange has them: ModSecurity fills
+    /// `REQUEST_BODY` for URL-encoded bodies and bodies no processor parsed, not for JSON, XML
+    /// or multipart ones.
+    fn hides(&self, c: Collection) -> bool {
+        c == Collection::RequestBody
+            && matches!(
+                self.state.body_processor.as_deref(),
+                Some("JSON" | "XML" | "MULTIPART")
+            )
     }
 
     /// The bytes of the values of collection `c`'s items, kept for the transaction.
@@ -1332,14 +1347,7 @@ impl Transaction<'_> {
             return;
         }
         if let Source::Exchange(c) = &var.source {
-            // ModSecurity fills REQUEST_BODY for URL-encoded bodies and bodies no processor
-            // parsed, not for JSON, XML or multipart ones.
-            let skip_body = *c == Collection::RequestBody
-                && matches!(
-                    self.state.body_processor.as_deref(),
-                    Some("JSON" | "XML" | "MULTIPART")
-                );
-            if !skip_body {
+            if !self.hides(*c) {
                 let names = c.names_of().is_some();
                 let base = self.ex.base_index(*c);
                 let single = single_valued(*c);

@@ -908,3 +908,33 @@ SecRule REQUEST_METHOD "!@within %{tx.allowed}" "id:3,phase:1,log,pass"
     assert_eq!(ids(&c, "/?m=PUT"), [3]);
     assert!(ids(&c, "/?m=GET").is_empty());
 }
+
+#[test]
+fn request_body_holds_only_bodies_no_processor_parsed() {
+    // A grouped `@rx` over REQUEST_BODY and ARGS: a JSON body is read as arguments, not as
+    // REQUEST_BODY (as ModSecurity does), by the rule and by its group's unions alike; a
+    // form or plain-text body is REQUEST_BODY too.
+    let c = crs(r#"
+SecDefaultAction "phase:2,log,pass"
+SecRule REQUEST_BODY "@rx attack" "id:1,phase:2,pass,log"
+SecRule REQUEST_BODY|ARGS "@rx attack" "id:2,phase:2,pass,log"
+SecRule REQUEST_BODY "@rx \{" "id:3,phase:2,pass,log"
+"#);
+    let post = |ct: &str, body: &[u8]| {
+        let (parts, ()) = http::Request::post("/")
+            .header("content-type", ct)
+            .body(())
+            .unwrap()
+            .into_parts();
+        logged(&c.evaluate_request(
+            &Exchange::from_request(&parts, body, ParseOptions::default()),
+            "127.0.0.1",
+        ))
+    };
+    assert_eq!(post("application/json", br#"{"a":"attack"}"#), [2]);
+    assert_eq!(
+        post("application/x-www-form-urlencoded", b"a=attack"),
+        [1, 2]
+    );
+    assert_eq!(post("text/plain", b"{attack"), [1, 2, 3]);
+}
