@@ -56,10 +56,13 @@ echo "building the release binaries" >&2
 BIN=$ROOT/target/release/portcullis
 KIT=$ROOT/target/release/examples/load_kit
 
-free_port() { # a port nothing listens on
-    local p
+free_port() { # a port nothing listens on, below the kernel's ephemeral range (a client
+    # socket of an earlier run may hold a port in that range without listening on it)
+    local p low=32768
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    ((low > 11000)) || low=32768
     while :; do
-        p=$((20000 + RANDOM % 20000))
+        p=$((10000 + RANDOM % (low - 10000)))
         (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
     done
 }
