@@ -410,6 +410,28 @@ impl Group {
         }
         Some(mask)
     }
+
+    /// Works out the members' screens, and the group's, from the patterns' needs.
+    fn screen_members(&mut self, pipelines: &[Arc<[Transform]>]) {
+        for member in &mut self.members {
+            let needs = self
+                .solo
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| member.bits & (1 << i) != 0)
+                .try_fold(needs::ByteSet::default(), |acc, (_, (n, _))| {
+                    Some(acc.union((*n)?))
+                });
+            member.screen = needs
+                .and_then(|n| needs::needs_before(pipelines.get(member.pipeline as usize)?, n));
+        }
+        self.screen = self
+            .members
+            .iter()
+            .try_fold(needs::ByteSet::default(), |acc, m| {
+                Some(acc.union(m.screen?))
+            });
+    }
 }
 
 /// The patterns of a [`Group`] that read one pipeline's values.
@@ -440,30 +462,6 @@ impl GroupMember {
             }
         }
         members
-    }
-}
-
-impl Group {
-    /// Works out the members' screens, and the group's, from the patterns' needs.
-    fn screen_members(&mut self, pipelines: &[Arc<[Transform]>]) {
-        for member in &mut self.members {
-            let needs = self
-                .solo
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| member.bits & (1 << i) != 0)
-                .try_fold(needs::ByteSet::default(), |acc, (_, (n, _))| {
-                    Some(acc.union((*n)?))
-                });
-            member.screen = needs
-                .and_then(|n| needs::needs_before(pipelines.get(member.pipeline as usize)?, n));
-        }
-        self.screen = self
-            .members
-            .iter()
-            .try_fold(needs::ByteSet::default(), |acc, m| {
-                Some(acc.union(m.screen?))
-            });
     }
 }
 

@@ -1169,12 +1169,13 @@ impl Transaction<'_> {
         }
         // A collection whose values hold none of the bytes the group's pipelines need is not
         // searched item by item.
-        let screened = self
-            .crs
-            .groups
-            .get(group as usize)
-            .and_then(|g| g.screen)
-            .is_some_and(|s| !self.collection_bytes(c).intersects(s));
+        let screened = self.hides(c)
+            || self
+                .crs
+                .groups
+                .get(group as usize)
+                .and_then(|g| g.screen)
+                .is_some_and(|s| !self.collection_bytes(c).intersects(s));
         let union = if screened {
             DONE
         } else {
