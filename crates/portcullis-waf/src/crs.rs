@@ -258,8 +258,8 @@ pub(crate) struct Link {
     /// For `@rx`: the pattern (hex escapes rewritten), and its place in its pipeline's
     /// multi-pattern group once the set is built.
     pub(crate) rx: Option<String>,
-    /// For `@pm` and `@pmFromFile`: the phrases (grouped like `@rx` patterns, see
-    /// [`Search::Phrases`]).
+    /// For `@pm` and `@pmFromFile`: the phrases, while the groups are built (grouped like
+    /// `@rx` patterns, see [`Search::Phrases`]); dropped once they are.
     pub(crate) phrases: Option<Arc<[String]>>,
     /// For `@rx` and `@pm`: bytes one of which every match contains (see [`needs`]). A value
     /// with none of them is not searched.
@@ -1443,6 +1443,10 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
                 }
             }
         }
+    }
+    // (The phrases are read only here: a link's own search is its compiled operator.)
+    for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+        link.phrases = None;
     }
 }
 
