@@ -36,6 +36,7 @@ mod request;
 mod rule;
 pub mod seclang;
 mod service;
+mod sqli;
 #[cfg(test)]
 mod testing;
 mod text;

@@ -1711,7 +1711,7 @@ pub(crate) fn detect_sqli(value: &[u8]) -> bool {
     if one_plain_token(value) || plain_words(value) {
         return false;
     }
-    guarded(|| libinjectionrs::SqliState::new(value, libinjectionrs::SqliFlags::FLAG_NONE).detect())
+    guarded(|| crate::sqli::is_sqli(value))
 }
 
 /// Whether libinjection reads `value` as at most one token that cannot be SQLi: nothing;
@@ -1778,25 +1778,7 @@ pub(crate) fn plain_words(value: &[u8]) -> bool {
 
 /// Whether libinjection's keyword table gives `word` (any case) a type other than bareword.
 pub(crate) fn is_sql_word(word: &[u8]) -> bool {
-    static WORDS: std::sync::OnceLock<std::collections::HashSet<&'static [u8], TxHash>> =
-        std::sync::OnceLock::new();
-    let words = WORDS.get_or_init(|| {
-        libinjectionrs::sqli::sqli_data::SQL_KEYWORDS
-            .iter()
-            .filter(|k| b"kfUETto&v1ABF".contains(&k.token_type))
-            .map(|k| k.word.as_bytes())
-            .collect()
-    });
-    let mut upper = [0_u8; 64];
-    match upper.get_mut(..word.len()) {
-        Some(slot) => {
-            slot.copy_from_slice(word);
-            slot.make_ascii_uppercase();
-            words.contains(&*slot)
-        }
-        // Longer than any keyword.
-        None => false,
-    }
+    crate::sqli::is_keyword(word)
 }
 
 /// libinjection's XSS verdict on `value`. A value with neither `<` nor `=` is not XSS to it in
@@ -1810,7 +1792,7 @@ pub(crate) fn detect_xss(value: &[u8]) -> bool {
     guarded(|| libinjectionrs::detect_xss(value).is_injection())
 }
 
-/// Runs a third-party detector; if it panics on some input, the input counts as an attack
+/// Runs a detector; if it panics on some input, the input counts as an attack
 /// (fail closed) rather than taking the process down.
 fn guarded(f: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
     std::panic::catch_unwind(f).unwrap_or(true)
