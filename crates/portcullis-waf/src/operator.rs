@@ -57,7 +57,7 @@ pub enum Operator {
     /// `@ipMatch`: the value is an address in one of the networks.
     IpMatch(Arc<[IpCidr]>),
     /// `@validateByteRange`: matches when a byte lies outside the allowed ranges.
-    ValidateByteRange(Box<[bool; 256]>),
+    ValidateByteRange(Box<ByteRange>),
     /// `@validateUtf8Encoding`: matches invalid UTF-8 (including overlong forms and surrogates).
     ValidateUtf8Encoding,
     /// `@validateUrlEncoding`: matches a `%` not followed by two hex digits.
@@ -188,8 +188,8 @@ fn to_int_text(text: &str) -> i64 {
         .map_or(0, |n| n * sign)
 }
 
-fn byte_ranges(param: &str) -> Result<Box<[bool; 256]>, OperatorError> {
-    let mut allowed = Box::new([false; 256]);
+fn byte_ranges(param: &str) -> Result<Box<ByteRange>, OperatorError> {
+    let mut allowed = [false; 256];
     for part in param.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (lo, hi) = part.split_once('-').unwrap_or((part, part));
         let parse = |s: &str| {
@@ -213,7 +213,41 @@ fn byte_ranges(param: &str) -> Result<Box<[bool; 256]>, OperatorError> {
             }
         }
     }
-    Ok(allowed)
+    let mut forbidden = [0_u8; 3];
+    let mut count = 0;
+    for (b, _) in (0..=255_u8).zip(allowed).filter(|(_, ok)| !ok) {
+        if let Some(slot) = forbidden.get_mut(count) {
+            *slot = b;
+        }
+        count += 1;
+    }
+    Ok(Box::new(ByteRange {
+        allowed,
+        forbidden: (count <= forbidden.len()).then_some((count, forbidden)),
+    }))
+}
+
+/// `@validateByteRange`'s allowed bytes, and the forbidden ones when there are at most
+/// three (CRS's `1-255` forbids only NUL): a value is then searched for them with `memchr`.
+#[derive(Debug, Clone)]
+pub struct ByteRange {
+    allowed: [bool; 256],
+    forbidden: Option<(usize, [u8; 3])>,
+}
+
+impl ByteRange {
+    /// Whether `value` holds a byte outside the ranges.
+    fn violated_by(&self, value: &[u8]) -> bool {
+        match self.forbidden {
+            Some((0, _)) => false,
+            Some((1, [a, ..])) => memchr::memchr(a, value).is_some(),
+            Some((2, [a, b, _])) => memchr::memchr2(a, b, value).is_some(),
+            Some((_, [a, b, c])) => memchr::memchr3(a, b, c, value).is_some(),
+            None => value
+                .iter()
+                .any(|&b| !self.allowed.get(usize::from(b)).copied().unwrap_or(false)),
+        }
+    }
 }
 
 impl Operator {
@@ -353,9 +387,7 @@ impl Operator {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
-            Self::ValidateByteRange(allowed) => value
-                .iter()
-                .any(|&b| !allowed.get(usize::from(b)).copied().unwrap_or(false)),
+            Self::ValidateByteRange(range) => range.violated_by(value),
             Self::ValidateUtf8Encoding => std::str::from_utf8(value).is_err(),
             Self::ValidateUrlEncoding => {
                 let mut i = 0;
