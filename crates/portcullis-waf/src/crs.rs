@@ -264,6 +264,9 @@ pub(crate) struct Link {
     /// For `@rx` and `@pm`: bytes one of which every match contains (see [`needs`]). A value
     /// with none of them is not searched.
     pub(crate) screen: Option<needs::ByteSet>,
+    /// For `@rx`: strings one of which every match contains (see [`needs::FactorScreen`]):
+    /// a long value with none of them is not searched.
+    pub(crate) factors: Option<Arc<needs::FactorScreen>>,
     /// The link's pattern in the multi-pattern groups: (group, bit of the pattern in the
     /// group's match mask).
     pub(crate) slot: Option<(u32, u16)>,
@@ -363,6 +366,9 @@ pub(crate) struct Group {
     /// match is searched by that pattern alone, which is faster than the whole group and
     /// can skip text by its own literals.
     pub(crate) solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)>,
+    /// Per pattern, in bit order: its [`needs::FactorScreen`], run before the pattern is
+    /// searched alone over a long value.
+    pub(crate) solo_screens: Vec<Option<Arc<needs::FactorScreen>>>,
 }
 
 /// How a [`Group`] searches a value for all its patterns at once.
@@ -1009,6 +1015,8 @@ impl Loader<'_> {
             vars,
             excludes: excludes.collect(),
             pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
+            // (Worked out with the groups, from the pattern as they parse it.)
+            factors: None,
             rx,
             phrases,
             screen,
@@ -1240,6 +1248,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                 _ => None,
             });
         }
+
         let list = bundles.get_mut(at).map(|(_, l)| l);
         places.push(list.map(|l| {
             l.push((rx.clone(), link.pipeline));
@@ -1253,6 +1262,8 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     let mut positions: Vec<Vec<usize>> = Vec::new();
     // Per bundle, in the bundle's order: each pattern's needed bytes.
     let mut screens: Vec<Vec<Option<needs::ByteSet>>> = Vec::new();
+    // Per bundle, in the bundle's order: each pattern's factor screen.
+    let mut factor_screens: Vec<Vec<Option<Arc<needs::FactorScreen>>>> = Vec::new();
     for ((_, list), alone) in bundles.iter_mut().zip(&alone) {
         // Patterns that need rare bytes go together, so that their groups skip ordinary
         // values; the patterns that can match plain words share the other groups.
@@ -1264,6 +1275,14 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             .map(|h| h.as_ref().and_then(needs::need))
             .collect();
         screens.push(needed.clone());
+        let bundle_screens: Vec<Option<Arc<needs::FactorScreen>>> = hirs
+            .iter()
+            .map(|h| {
+                h.as_ref()
+                    .and_then(needs::FactorScreen::of_hir)
+                    .map(Arc::new)
+            })
+            .collect();
         let mut order: Vec<(u32, usize)> = needed
             .iter()
             .enumerate()
@@ -1288,6 +1307,11 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             .iter()
             .map(|&(_, n)| alone.get(n).cloned().flatten())
             .collect();
+        let sorted_screens: Vec<Option<Arc<needs::FactorScreen>>> = order
+            .iter()
+            .map(|&(_, n)| bundle_screens.get(n).cloned().flatten())
+            .collect();
+        factor_screens.push(bundle_screens);
         let sorted_hirs: Vec<Option<&regex_syntax::hir::Hir>> = order
             .iter()
             .map(|&(_, n)| hirs.get(n).and_then(Option::as_ref))
@@ -1295,11 +1319,12 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
         *list = sorted;
         positions.push(position);
         let mut chunks = Vec::new();
-        for (((chunk, chunk_needs), chunk_hirs), chunk_alone) in list
+        for ((((chunk, chunk_needs), chunk_hirs), chunk_alone), chunk_screens) in list
             .chunks(GROUP_SIZE)
             .zip(sorted_needs.chunks(GROUP_SIZE))
             .zip(sorted_hirs.chunks(GROUP_SIZE))
             .zip(sorted_alone.chunks(GROUP_SIZE))
+            .zip(sorted_screens.chunks(GROUP_SIZE))
         {
             // A pattern that does not parse leaves its chunk without a group.
             let patterns: Option<Vec<&regex_syntax::hir::Hir>> =
@@ -1330,6 +1355,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                         .copied()
                         .zip(chunk_alone.iter().cloned())
                         .collect(),
+                    solo_screens: chunk_screens.to_vec(),
                     members: GroupMember::by_pipeline(chunk.iter().map(|(_, p)| *p)),
                     // (Worked out once the pipelines are known: see `screen_members`.)
                     screen: None,
@@ -1345,6 +1371,9 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             link.screen = screens
                 .get(bundle)
                 .and_then(|s| s.get(n).copied().flatten());
+            link.factors = factor_screens
+                .get(bundle)
+                .and_then(|s| s.get(n).cloned().flatten());
         }
         link.slot = place.and_then(|(bundle, n)| {
             let n = *positions.get(bundle)?.get(n)?;
@@ -1428,9 +1457,18 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
                 .try_fold(needs::ByteSet::default(), |acc, (n, _)| {
                     Some(acc.union((*n)?))
                 });
+            let solo_screens = links
+                .iter()
+                .map(|link| {
+                    let phrases = link.phrases.as_ref()?;
+                    needs::FactorScreen::of_phrases(phrases.iter().map(String::as_str))
+                        .map(Arc::new)
+                })
+                .collect();
             groups.push(Group {
                 search: Search::Phrases { automaton, bits },
                 single: false,
+                solo_screens,
                 members,
                 screen: None,
                 needs,

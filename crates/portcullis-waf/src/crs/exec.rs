@@ -444,8 +444,16 @@ impl Memo {
                     continue;
                 }
                 let value = spanned(&self.arena, span, raw);
+                // (A long value is searched by a pattern alone only when it holds one of the
+                // pattern's factors.)
+                let admits = |i: usize| {
+                    g.solo_screens
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .is_none_or(|s| s.admits(value))
+                };
                 if let (true, super::Search::Patterns(regex)) = (g.single, &g.search) {
-                    if regex.is_match(value) {
+                    if admits(0) && regex.is_match(value) {
                         mask |= bits;
                     }
                     continue;
@@ -469,7 +477,7 @@ impl Memo {
                         .filter(|(i, _)| live & (1 << i) != 0)
                         .try_fold(0_u32, |found, (i, (_, re))| {
                             re.as_ref()
-                                .map(|re| found | u32::from(re.is_match(value)) << i)
+                                .map(|re| found | u32::from(admits(i) && re.is_match(value)) << i)
                         });
                     if let Some(alone) = alone {
                         mask |= alone;
@@ -1240,6 +1248,12 @@ impl Transaction<'_> {
         value: &[u8],
     ) -> (bool, Option<Groups>) {
         match &link.op {
+            // A long value without any of the pattern's factors does not match it.
+            Op::Static(Operator::Rx(_))
+                if link.factors.as_ref().is_some_and(|s| !s.admits(value)) =>
+            {
+                (false, None)
+            }
             Op::Static(Operator::Rx(re)) if link.capture => {
                 if re.group_info().all_group_len() == 1 {
                     // No groups but the whole match: a plain search finds it.

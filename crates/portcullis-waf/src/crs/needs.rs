@@ -194,10 +194,290 @@ pub(crate) fn need(hir: &Hir) -> Option<ByteSet> {
     }
 }
 
+/// The shortest factor worth searching for: shorter ones are in most text.
+const MIN_FACTOR: usize = 3;
+/// The most strings a set of factors holds (a screen searches them all at once with SIMD
+/// only while they are few).
+const MAX_FACTORS: usize = 48;
+/// The longest factor kept while strings are joined.
+const MAX_FACTOR_LEN: usize = 24;
+
+/// Strings (in ASCII lower case), one of which every match of `hir` contains without regard
+/// to ASCII case, each at least [`MIN_FACTOR`] bytes long; `None` when there are no such.
+pub(crate) fn factors(hir: &Hir) -> Option<Vec<Vec<u8>>> {
+    // Joined strings are longer, hence rarer, but more: when the branches of a large
+    // alternation hold too many, fewer and shorter ones are tried (`require` rather than
+    // each of `require.main`, `require.cache`, ...).
+    [MAX_FACTORS, 4, 1].into_iter().find_map(|join_limit| {
+        let part = part(hir, join_limit)?;
+        (!part.set.is_empty()
+            && part.set.len() <= MAX_FACTORS
+            && part.set.iter().all(|s| s.len() >= MIN_FACTOR))
+        .then_some(part.set)
+    })
+}
+
+/// What a piece of a pattern tells of its matches: with `exact`, each match of the piece
+/// is one of `set` (without regard to ASCII case; the empty string for a piece that matches
+/// nothing, as an assertion); without, each contains one of `set`.
+struct Part {
+    set: Vec<Vec<u8>>,
+    exact: bool,
+}
+
+impl Part {
+    /// How well the set screens: its shortest string (longer is rarer), then fewer strings.
+    fn score(&self) -> (usize, std::cmp::Reverse<usize>) {
+        let shortest = self.set.iter().map(Vec::len).min().unwrap_or(0);
+        (shortest, std::cmp::Reverse(self.set.len()))
+    }
+}
+
+fn exact(set: Vec<Vec<u8>>) -> Part {
+    Part { set, exact: true }
+}
+
+/// The bytes of a class of at most 8 bytes, as one-byte strings in lower case (an ASCII
+/// letter in both cases counts once), when there are at most four such.
+fn class_part(ranges: impl Iterator<Item = (u32, u32)> + Clone) -> Option<Part> {
+    let size: u32 = ranges.clone().map(|(a, b)| b.saturating_sub(a) + 1).sum();
+    if size > 8 {
+        return None;
+    }
+    let mut set: Vec<Vec<u8>> = Vec::new();
+    for c in ranges.flat_map(|(a, b)| a..=b) {
+        let b = u8::try_from(c).ok()?.to_ascii_lowercase();
+        if !set.iter().any(|s| s.as_slice() == [b]) {
+            set.push(vec![b]);
+        }
+    }
+    (set.len() <= 4).then(|| exact(set))
+}
+
+/// `join_limit`: the most strings a run of joined pieces may hold.
+fn part(hir: &Hir, join_limit: usize) -> Option<Part> {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some(exact(vec![Vec::new()])),
+        HirKind::Literal(lit) => Some(exact(vec![lit.0.to_ascii_lowercase()])),
+        HirKind::Class(Class::Bytes(class)) => class_part(
+            class
+                .ranges()
+                .iter()
+                .map(|r| (u32::from(r.start()), u32::from(r.end()))),
+        ),
+        HirKind::Class(Class::Unicode(class)) => class_part(
+            class
+                .ranges()
+                .iter()
+                .map(|r| (u32::from(r.start()), u32::from(r.end()))),
+        ),
+        HirKind::Capture(cap) => part(&cap.sub, join_limit),
+        HirKind::Repetition(rep) if rep.min == 1 && rep.max == Some(1) => {
+            part(&rep.sub, join_limit)
+        }
+        // Every match holds at least one match of the repeated piece.
+        HirKind::Repetition(rep) if rep.min >= 1 => Some(Part {
+            set: part(&rep.sub, join_limit)?.set,
+            exact: false,
+        }),
+        // An optional exact piece: one of its strings, or nothing.
+        HirKind::Repetition(rep) if rep.max == Some(1) => {
+            let sub = part(&rep.sub, join_limit)?;
+            let mut set = sub.set;
+            if !sub.exact || set.len() >= MAX_FACTORS {
+                return None;
+            }
+            if !set.iter().any(Vec::is_empty) {
+                set.push(Vec::new());
+            }
+            Some(exact(set))
+        }
+        HirKind::Repetition(_) => None,
+        HirKind::Alternation(branches) => {
+            let mut set: Vec<Vec<u8>> = Vec::new();
+            let mut all_exact = true;
+            for branch in branches {
+                let p = part(branch, join_limit)?;
+                all_exact &= p.exact;
+                for s in p.set {
+                    if !set.contains(&s) {
+                        set.push(s);
+                    }
+                }
+                if set.len() > MAX_FACTORS {
+                    return None;
+                }
+            }
+            Some(Part {
+                set,
+                exact: all_exact,
+            })
+        }
+        HirKind::Concat(pieces) => concat_part(pieces, join_limit),
+    }
+}
+
+/// A sequence: runs of exact pieces are joined (`u`, `n`, `i`, `o`, `n` make `union`); any
+/// run, and any other piece's set, serves for the whole, and the best is kept.
+fn concat_part(pieces: &[Hir], join_limit: usize) -> Option<Part> {
+    let mut best: Option<Part> = None;
+    let mut consider = |set: Vec<Vec<u8>>| {
+        let candidate = Part { set, exact: false };
+        let usable = !candidate.set.is_empty() && candidate.set.iter().all(|s| !s.is_empty());
+        if usable && best.as_ref().is_none_or(|b| candidate.score() > b.score()) {
+            best = Some(candidate);
+        }
+    };
+    let mut run: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut whole = true;
+    for piece in pieces {
+        match part(piece, join_limit) {
+            Some(p) if p.exact => {
+                let longest = |set: &[Vec<u8>]| set.iter().map(Vec::len).max().unwrap_or(0);
+                let fits = run.len() * p.set.len() <= join_limit
+                    && longest(&run) + longest(&p.set) <= MAX_FACTOR_LEN;
+                if fits {
+                    run = run
+                        .iter()
+                        .flat_map(|a| p.set.iter().map(move |b| [a.as_slice(), b].concat()))
+                        .collect();
+                } else {
+                    whole = false;
+                    consider(std::mem::replace(&mut run, p.set));
+                }
+            }
+            other => {
+                whole = false;
+                consider(std::mem::replace(&mut run, vec![Vec::new()]));
+                if let Some(p) = other {
+                    consider(p.set);
+                }
+            }
+        }
+    }
+    if whole {
+        return Some(exact(run));
+    }
+    consider(run);
+    best
+}
+
+/// The shortest value a [`FactorScreen`] screens: a shorter one is searched as fast by the
+/// pattern itself.
+const FACTOR_MIN_LEN: usize = 64;
+/// The bytes of a value put in lower case at a time by a [`FactorScreen`].
+const FACTOR_CHUNK: usize = 1024;
+
+/// A pattern's [`factors`], searched for all at once (SIMD, on the value in lower case)
+/// before the pattern itself runs over a long value: a value with none of them is not
+/// searched. Ordinary prose, such as a chat prompt, holds the bytes of most CRS patterns but
+/// seldom their words, and a pattern that starts with a class has no prefix of literals for
+/// its own search to skip text by.
+#[derive(Debug, Clone)]
+pub(crate) struct FactorScreen {
+    strings: aho_corasick::AhoCorasick,
+    /// The longest string, less one: chunks overlap by this much.
+    overlap: usize,
+}
+
+impl FactorScreen {
+    /// The screen of `pattern` (parsed as the searches compile it), when it has factors.
+    #[cfg(test)]
+    pub(crate) fn of(pattern: &str) -> Option<Self> {
+        Self::of_hir(&parse(pattern)?)
+    }
+
+    /// The screen of an `@pm` phrase list: the phrases' prefixes (any ASCII case), as long
+    /// as they can be while few enough to search at once, when all are at least
+    /// [`MIN_FACTOR`] long (a phrase holds its prefix).
+    pub(crate) fn of_phrases<'a>(phrases: impl Iterator<Item = &'a str>) -> Option<Self> {
+        let lower: Vec<Vec<u8>> = phrases
+            .filter(|p| !p.is_empty())
+            .map(|p| p.as_bytes().to_ascii_lowercase())
+            .collect();
+        let longest = lower.iter().map(Vec::len).max()?;
+        (MIN_FACTOR..=longest.min(FACTOR_CHUNK / 4))
+            .rev()
+            .find_map(|k| {
+                let mut prefixes: Vec<Vec<u8>> = lower
+                    .iter()
+                    .map(|p| p.get(..k).unwrap_or(p).to_vec())
+                    .collect();
+                prefixes.sort_unstable();
+                prefixes.dedup();
+                if prefixes.len() > MAX_FACTORS || prefixes.iter().any(|p| p.len() < MIN_FACTOR) {
+                    return None;
+                }
+                Self::of_strings(&prefixes)
+            })
+    }
+
+    /// The screen of a parsed pattern, when it has factors.
+    pub(crate) fn of_hir(hir: &Hir) -> Option<Self> {
+        Self::of_strings(&factors(hir)?)
+    }
+
+    fn of_strings(strings: &[Vec<u8>]) -> Option<Self> {
+        let longest = strings.iter().map(Vec::len).max()?;
+        if longest > FACTOR_CHUNK / 4 {
+            return None;
+        }
+        Some(Self {
+            // (Leftmost-first: a standard automaton gets no SIMD prefilter, and any match
+            // answers.)
+            strings: aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                .build(strings)
+                .ok()?,
+            overlap: longest - 1,
+        })
+    }
+
+    /// Whether the pattern may match `value`: `false` only for a long value that holds none
+    /// of its factors.
+    pub(crate) fn admits(&self, value: &[u8]) -> bool {
+        if value.len() < FACTOR_MIN_LEN {
+            return true;
+        }
+        let mut lower = [0_u8; FACTOR_CHUNK];
+        let mut start = 0;
+        loop {
+            let chunk = value.get(start..).unwrap_or_default();
+            let chunk = chunk.get(..FACTOR_CHUNK).unwrap_or(chunk);
+            let Some(dst) = lower.get_mut(..chunk.len()) else {
+                return true;
+            };
+            for (d, s) in dst.iter_mut().zip(chunk) {
+                *d = s.to_ascii_lowercase();
+            }
+            if self.strings.is_match(&*dst) {
+                return true;
+            }
+            if start + chunk.len() >= value.len() {
+                return false;
+            }
+            // (The next chunk starts early enough to hold any string cut by this one's end.)
+            start += chunk.len() - self.overlap;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// `pattern` compiled as the searches compile it.
+    fn byte_regex(pattern: &str) -> regex_automata::meta::Regex {
+        regex_automata::meta::Regex::builder()
+            .syntax(
+                regex_automata::util::syntax::Config::new()
+                    .utf8(false)
+                    .unicode(false),
+            )
+            .build(pattern)
+            .unwrap()
+    }
 
     fn set(bytes: &[u8]) -> ByteSet {
         ByteSet::of(bytes)
@@ -213,6 +493,130 @@ mod tests {
         assert_eq!(ByteSet::of(&long), slow);
         assert!(ByteSet::of(&long).contains(0) && ByteSet::of(&long).contains(255));
         assert_eq!(ByteSet::of(b"ab"), ByteSet::of(&b"ab".repeat(40)));
+    }
+
+    fn factored(pattern: &str) -> Option<Vec<String>> {
+        let mut f: Vec<String> = factors(&parse(pattern)?)?
+            .into_iter()
+            .map(|s| String::from_utf8(s).unwrap())
+            .collect();
+        f.sort();
+        Some(f)
+    }
+
+    #[test]
+    fn factors_of_patterns() {
+        let f = |p| factored(p);
+        let v = |s: &[&str]| Some(s.iter().map(|x| (*x).to_owned()).collect::<Vec<String>>());
+        assert_eq!(f("(?i)union.*?select.*?from"), v(&["select"]));
+        assert_eq!(f("abc|(?i)XyZ"), v(&["abc", "xyz"]));
+        assert_eq!(f("(?:eval|new[ ]+func)\\("), v(&["eval", "func"]));
+        assert_eq!(f("\\bwin(?:dows)?\\.ini"), v(&["win.ini", "windows.ini"]));
+        assert_eq!(f("(?:abc)?def"), v(&["abcdef", "def"]));
+        assert_eq!(f("a+bcd"), v(&["bcd"]));
+        assert_eq!(f("ab"), None);
+        assert_eq!(f("x*"), None);
+        assert_eq!(f("(?:abc|d)"), None);
+        assert_eq!(f("[a-z]+"), None);
+    }
+
+    #[test]
+    fn a_factor_screen_passes_short_values_and_finds_strings_across_chunks() {
+        let screen = FactorScreen::of("(?i)union.*?select").unwrap();
+        assert!(screen.admits(b"short"));
+        let plain = b"the quick brown fox ".repeat(200);
+        assert!(!screen.admits(&plain));
+        for at in [0, 1000, 1020, 1021, 1022, 1023, 1024, 2040, plain.len() - 6] {
+            let mut v = plain.clone();
+            v.splice(at..at + 6, b"SeLeCt".iter().copied());
+            assert!(screen.admits(&v), "`select` at {at}");
+        }
+        assert!(FactorScreen::of("[a-z]+").is_none());
+        let phrases = FactorScreen::of_phrases(
+            ["java.lang.Runtime", "java.lang.Process", "javax.script"].into_iter(),
+        )
+        .unwrap();
+        assert!(!phrases.admits(&plain));
+        let mut v = plain.clone();
+        v.extend_from_slice(b"JAVA.LANG.PROCESS");
+        assert!(phrases.admits(&v));
+        assert!(FactorScreen::of_phrases(["ab", "java.lang"].into_iter()).is_none());
+    }
+
+    /// Every CRS pattern that has factors: each of its matches in CRS's own test payloads
+    /// (every line of the test files, raw and URL-decoded) holds one of them, in any case.
+    #[test]
+    fn factors_hold_for_the_crs_patterns_on_crs_payloads() {
+        let shared =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+        let mut patterns = Vec::new();
+        for entry in std::fs::read_dir(shared.join("rules")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for line in text.lines() {
+                let Some(at) = line.find("\"@rx ") else {
+                    continue;
+                };
+                let rest = &line[at + 5..];
+                let Some(end) = rest.rfind('"') else {
+                    continue;
+                };
+                let pattern =
+                    crate::operator::rewrite_hex_escapes(&rest[..end].replace("\\\"", "\""));
+                if let Some(hir) = parse(&pattern)
+                    && let Some(f) = factors(&hir)
+                {
+                    patterns.push((pattern, f));
+                }
+            }
+        }
+        assert!(
+            patterns.len() > 100,
+            "{} patterns with factors",
+            patterns.len()
+        );
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut stack = vec![shared.join("tests")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                for line in std::fs::read(&path).unwrap().split(|&b| b == b'\n') {
+                    values.push(line.to_vec());
+                    values.push(Transform::UrlDecodeUni.apply(line).into_owned());
+                }
+            }
+        }
+        let mut matched = 0;
+        for (pattern, f) in &patterns {
+            let re = byte_regex(pattern);
+            let screen = FactorScreen::of(pattern).unwrap();
+            for v in values.iter().filter(|v| re.is_match(v)) {
+                matched += 1;
+                let lower = v.to_ascii_lowercase();
+                assert!(
+                    f.iter()
+                        .any(|s| lower.windows(s.len()).any(|w| w == s.as_slice())),
+                    "{pattern} matches {:?} without any of its factors",
+                    String::from_utf8_lossy(v)
+                );
+                // The screen lets the value through inside long text, wherever the chunks
+                // of its search fall.
+                let pad = [64, 500, 1000, 1019][matched % 4];
+                let mut long = b"lorem ipsum ".repeat(120);
+                long.truncate(pad);
+                long.extend_from_slice(v);
+                long.extend_from_slice(&b"dolor sit amet ".repeat(80));
+                assert!(
+                    !re.is_match(&long) || screen.admits(&long),
+                    "the screen of {pattern} stops {:?} at {pad}",
+                    String::from_utf8_lossy(v)
+                );
+            }
+        }
+        assert!(matched > 1_000, "{matched} matches");
     }
 
     #[test]
@@ -257,14 +661,7 @@ mod tests {
         }
         for p in patterns {
             let needs = needed(p).unwrap();
-            let re = regex_automata::meta::Regex::builder()
-                .syntax(
-                    regex_automata::util::syntax::Config::new()
-                        .utf8(false)
-                        .unicode(false),
-                )
-                .build(p)
-                .unwrap();
+            let re = byte_regex(p);
             for v in &values {
                 if !ByteSet::of(v).intersects(needs) {
                     assert!(!re.is_match(v.as_slice()), "{p} matched {v:?}");
