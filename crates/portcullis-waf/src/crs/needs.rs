@@ -395,21 +395,27 @@ impl FactorScreen {
             .filter(|p| !p.is_empty())
             .map(|p| p.as_bytes().to_ascii_lowercase())
             .collect();
-        let longest = lower.iter().map(Vec::len).max()?;
-        (MIN_FACTOR..=longest.min(FACTOR_CHUNK / 4))
-            .rev()
-            .find_map(|k| {
-                let mut prefixes: Vec<Vec<u8>> = lower
-                    .iter()
-                    .map(|p| p.get(..k).unwrap_or(p).to_vec())
-                    .collect();
-                prefixes.sort_unstable();
-                prefixes.dedup();
-                if prefixes.len() > MAX_FACTORS || prefixes.iter().any(|p| p.len() < MIN_FACTOR) {
-                    return None;
-                }
-                Self::of_strings(&prefixes)
-            })
+        if lower.iter().any(|p| p.len() < MIN_FACTOR) {
+            return None;
+        }
+        let longest = lower.iter().map(Vec::len).max()?.min(FACTOR_CHUNK / 4);
+        // The number of distinct prefixes only grows with their length: the longest length
+        // that keeps them few is found going up.
+        let prefixes = |k: usize| {
+            let mut all: Vec<&[u8]> = lower.iter().map(|p| p.get(..k).unwrap_or(p)).collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        };
+        let mut best = None;
+        for k in MIN_FACTOR..=longest {
+            let set = prefixes(k);
+            if set.len() > MAX_FACTORS {
+                break;
+            }
+            best = Some(set.into_iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
+        }
+        Self::of_strings(&best?)
     }
 
     /// The screen of a parsed pattern, when it has factors.
