@@ -375,7 +375,11 @@ const FACTOR_CHUNK: usize = 1024;
 /// its own search to skip text by.
 #[derive(Debug, Clone)]
 pub(crate) struct FactorScreen {
-    strings: aho_corasick::AhoCorasick,
+    /// Up to three bytes: a value holding one passes (an `@pm` list's phrases that hold
+    /// punctuation need no string of their own).
+    bytes: Vec<u8>,
+    /// The strings, when there are any besides the bytes.
+    strings: Option<aho_corasick::AhoCorasick>,
     /// The longest string, less one: chunks overlap by this much.
     overlap: usize,
 }
@@ -387,18 +391,39 @@ impl FactorScreen {
         Self::of_hir(&parse(pattern)?)
     }
 
-    /// The screen of an `@pm` phrase list: the phrases' prefixes (any ASCII case), as long
-    /// as they can be while few enough to search at once, when all are at least
-    /// [`MIN_FACTOR`] long (a phrase holds its prefix).
+    /// The screen of an `@pm` phrase list: punctuation bytes that most phrases hold, and the
+    /// other phrases' prefixes (any ASCII case), as long as they can be while few enough to
+    /// search at once, when all are at least [`MIN_FACTOR`] long (a phrase holds its prefix).
     pub(crate) fn of_phrases<'a>(phrases: impl Iterator<Item = &'a str>) -> Option<Self> {
+        // Up to three punctuation bytes, chosen greedily, stand for the phrases that hold
+        // them (almost every PowerShell cmdlet name holds `-`); the others need strings.
+        const RARE: &[u8] = b"/\\_-:~$%@[]{}()<>=;|&!*?\"'`^+#";
         let lower: Vec<Vec<u8>> = phrases
             .filter(|p| !p.is_empty())
             .map(|p| p.as_bytes().to_ascii_lowercase())
             .collect();
+        let mut bytes = Vec::new();
+        let mut lower: Vec<&Vec<u8>> = lower.iter().collect();
+        while bytes.len() < 3 {
+            let best = RARE
+                .iter()
+                .map(|&b| (lower.iter().filter(|p| p.contains(&b)).count(), b))
+                .max();
+            match best {
+                Some((n, b)) if n > 0 => {
+                    bytes.push(b);
+                    lower.retain(|p| !p.contains(&b));
+                }
+                _ => break,
+            }
+        }
+        if lower.is_empty() {
+            return Self::of_bytes_and_strings(bytes, &[]);
+        }
         if lower.iter().any(|p| p.len() < MIN_FACTOR) {
             return None;
         }
-        let longest = lower.iter().map(Vec::len).max()?.min(FACTOR_CHUNK / 4);
+        let longest = lower.iter().map(|p| p.len()).max()?.min(FACTOR_CHUNK / 4);
         // The number of distinct prefixes only grows with their length: the longest length
         // that keeps them few is found going up.
         let prefixes = |k: usize| {
@@ -415,7 +440,7 @@ impl FactorScreen {
             }
             best = Some(set.into_iter().map(<[u8]>::to_vec).collect::<Vec<_>>());
         }
-        Self::of_strings(&best?)
+        Self::of_bytes_and_strings(bytes, &best?)
     }
 
     /// The screen of a parsed pattern, when it has factors.
@@ -424,17 +449,28 @@ impl FactorScreen {
     }
 
     fn of_strings(strings: &[Vec<u8>]) -> Option<Self> {
-        let longest = strings.iter().map(Vec::len).max()?;
-        if longest > FACTOR_CHUNK / 4 {
+        Self::of_bytes_and_strings(Vec::new(), strings)
+    }
+
+    fn of_bytes_and_strings(bytes: Vec<u8>, strings: &[Vec<u8>]) -> Option<Self> {
+        let longest = strings.iter().map(Vec::len).max().unwrap_or(1);
+        if longest > FACTOR_CHUNK / 4 || (strings.is_empty() && bytes.is_empty()) {
             return None;
         }
-        Some(Self {
+        let strings = match strings {
+            [] => None,
             // (Leftmost-first: a standard automaton gets no SIMD prefilter, and any match
             // answers.)
-            strings: aho_corasick::AhoCorasick::builder()
-                .match_kind(aho_corasick::MatchKind::LeftmostFirst)
-                .build(strings)
-                .ok()?,
+            _ => Some(
+                aho_corasick::AhoCorasick::builder()
+                    .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                    .build(strings)
+                    .ok()?,
+            ),
+        };
+        Some(Self {
+            bytes,
+            strings,
             overlap: longest - 1,
         })
     }
@@ -443,6 +479,18 @@ impl FactorScreen {
     /// of its factors.
     pub(crate) fn admits(&self, value: &[u8]) -> bool {
         if value.len() < FACTOR_MIN_LEN {
+            return true;
+        }
+        let held = match *self.bytes.as_slice() {
+            [a] => memchr::memchr(a, value).is_some(),
+            [a, b] => memchr::memchr2(a, b, value).is_some(),
+            [a, b, c, ..] => memchr::memchr3(a, b, c, value).is_some(),
+            [] => false,
+        };
+        let Some(strings) = &self.strings else {
+            return held;
+        };
+        if held {
             return true;
         }
         let mut lower = [0_u8; FACTOR_CHUNK];
@@ -456,7 +504,7 @@ impl FactorScreen {
             for (d, s) in dst.iter_mut().zip(chunk) {
                 *d = s.to_ascii_lowercase();
             }
-            if self.strings.is_match(&*dst) {
+            if strings.is_match(&*dst) {
                 return true;
             }
             if start + chunk.len() >= value.len() {
@@ -547,6 +595,16 @@ mod tests {
         v.extend_from_slice(b"JAVA.LANG.PROCESS");
         assert!(phrases.admits(&v));
         assert!(FactorScreen::of_phrases(["ab", "java.lang"].into_iter()).is_none());
+        let cmdlets = FactorScreen::of_phrases(
+            ["Get-ChildItem", "Invoke-Expression", "powershell", "ab/"].into_iter(),
+        )
+        .unwrap();
+        assert!(!cmdlets.admits(&plain));
+        for needle in [&b"x-y"[..], b"PowerShell", b"a/b"] {
+            let mut v = plain.clone();
+            v.extend_from_slice(needle);
+            assert!(cmdlets.admits(&v), "{needle:?}");
+        }
     }
 
     /// Every CRS pattern that has factors: each of its matches in CRS's own test payloads
