@@ -885,7 +885,6 @@ impl<'a> Context<'a> {
 
     /// Reads tokens into `tv[pos]` until `pos - left` reaches `want` (comments are kept
     /// aside, as `last_comment`).
-    #[allow(clippy::too_many_arguments)]
     fn fill(
         &mut self,
         tz: &mut Tokenizer<'_>,
@@ -933,7 +932,6 @@ impl<'a> Context<'a> {
             if self.count > 0 {
                 let mut evil = EMPTY;
                 evil.assign_char(EVIL, EVIL);
-                evil.len = 1;
                 self.tokens[0] = evil;
                 self.count = 1;
             }
@@ -941,7 +939,6 @@ impl<'a> Context<'a> {
     }
 
     /// The folding loop; returns the fingerprint's width.
-    #[allow(clippy::too_many_lines)]
     fn fold(&mut self, tz: &mut Tokenizer<'_>) -> usize {
         let mut last_comment = EMPTY;
         let mut more = true;
