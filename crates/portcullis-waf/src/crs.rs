@@ -1248,7 +1248,6 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                 _ => None,
             });
         }
-
         let list = bundles.get_mut(at).map(|(_, l)| l);
         places.push(list.map(|l| {
             l.push((rx.clone(), link.pipeline));

@@ -1762,10 +1762,11 @@ pub(crate) fn plain_words(value: &[u8]) -> bool {
             && word
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.');
-        if !plain || is_sql_word(word) {
+        if !plain || crate::sqli::is_keyword(word) {
             return false;
         }
-        if memchr::memchr_iter(b'.', word).any(|at| is_sql_word(word.get(..at).unwrap_or_default()))
+        if memchr::memchr_iter(b'.', word)
+            .any(|at| crate::sqli::is_keyword(word.get(..at).unwrap_or_default()))
         {
             return false;
         }
@@ -1780,7 +1781,7 @@ pub(crate) fn plain_words(value: &[u8]) -> bool {
                 b.copy_from_slice(word);
             }
             let joined = before.len() + 1 + word.len();
-            if is_sql_word(pair.get(..joined).unwrap_or_default()) {
+            if crate::sqli::is_keyword(pair.get(..joined).unwrap_or_default()) {
                 return false;
             }
         }
@@ -1788,11 +1789,6 @@ pub(crate) fn plain_words(value: &[u8]) -> bool {
         any = true;
     }
     any
-}
-
-/// Whether libinjection's keyword table gives `word` (any case) a type other than bareword.
-pub(crate) fn is_sql_word(word: &[u8]) -> bool {
-    crate::sqli::is_keyword(word)
 }
 
 /// libinjection's XSS verdict on `value`. A value with neither `<` nor `=` is not XSS to it in

@@ -445,11 +445,7 @@ impl FactorScreen {
 
     /// The screen of a parsed pattern, when it has factors.
     pub(crate) fn of_hir(hir: &Hir) -> Option<Self> {
-        Self::of_strings(&factors(hir)?)
-    }
-
-    fn of_strings(strings: &[Vec<u8>]) -> Option<Self> {
-        Self::of_bytes_and_strings(Vec::new(), strings)
+        Self::of_bytes_and_strings(Vec::new(), &factors(hir)?)
     }
 
     fn of_bytes_and_strings(bytes: Vec<u8>, strings: &[Vec<u8>]) -> Option<Self> {
@@ -487,12 +483,12 @@ impl FactorScreen {
             [a, b, c, ..] => memchr::memchr3(a, b, c, value).is_some(),
             [] => false,
         };
-        let Some(strings) = &self.strings else {
-            return held;
-        };
         if held {
             return true;
         }
+        let Some(strings) = &self.strings else {
+            return false;
+        };
         let mut lower = [0_u8; FACTOR_CHUNK];
         let mut start = 0;
         loop {

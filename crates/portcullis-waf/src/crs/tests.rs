@@ -278,7 +278,7 @@ fn the_plain_words_shortcut_agrees_with_libinjection() {
         for form in forms(k.word) {
             let keyword = libinjectionrs::sqli::sqli_data::lookup_word(&form)
                 != libinjectionrs::sqli::TokenType::Bareword;
-            assert_eq!(exec::is_sql_word(form.as_bytes()), keyword, "{form}");
+            assert_eq!(crate::sqli::is_keyword(form.as_bytes()), keyword, "{form}");
         }
     }
     assert!(said > 20_000 && checked > 100_000, "{said} of {checked}");
