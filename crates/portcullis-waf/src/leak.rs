@@ -418,7 +418,8 @@ pub struct LeakGuard {
     specs: Vec<&'static Spec>,
     any: Regex,
     each: Vec<Regex>,
-    numeric: Option<Regex>,
+    /// Whether the digit-group scanner runs (any of [`NUMERIC_KINDS`] is on).
+    numeric: bool,
     numeric_kinds: [bool; 3],
     canaries: Option<AhoCorasick>,
     secrets: LeakAction,
@@ -505,14 +506,7 @@ impl LeakGuard {
             .map(|p| build(&[p], MatchKind::LeftmostFirst))
             .collect::<Result<Vec<_>, _>>()?;
         let numeric_kinds = NUMERIC_KINDS.map(|k| enabled(k, true));
-        let numeric = if numeric_kinds.iter().any(|&b| b) {
-            Some(build(
-                &[r"[0-9]+(?:[ .-][0-9]+)*"],
-                MatchKind::LeftmostFirst,
-            )?)
-        } else {
-            None
-        };
+        let numeric = numeric_kinds.iter().any(|&b| b);
         if let Some(short) = config.canary_strings.iter().find(|c| c.len() < 8) {
             return Err(ConfigError::new(
                 "leakGuard.canaryStrings",
@@ -568,10 +562,19 @@ impl LeakGuard {
 
     /// Finds every leak in `text`, in order, without overlaps.
     pub fn scan(&self, text: &[u8]) -> Vec<Finding> {
+        without_overlaps(self.scan_all(text))
+    }
+
+    /// Every finding in `text`, by start (the longest first), overlaps included.
+    fn scan_all(&self, text: &[u8]) -> Vec<Finding> {
         let mut found = Vec::new();
         let mut set = PatternSet::new(self.any.pattern_len());
-        self.any
-            .which_overlapping_matches(&Input::new(text), &mut set);
+        // (Most text holds nothing: a search that stops at the first match, and runs the
+        // faster loop of a non-overlapping search, says so before the overlapping one.)
+        if self.any.is_match(text) {
+            self.any
+                .which_overlapping_matches(&Input::new(text), &mut set);
+        }
         for pid in set.iter() {
             let i = pid.as_usize();
             let (Some(spec), Some(re)) = (self.specs.get(i), self.each.get(i)) else {
@@ -594,22 +597,32 @@ impl LeakGuard {
                 }
             }
         }
-        if let Some(numeric) = &self.numeric {
-            for m in numeric.find_iter(text) {
-                let before = m.start().checked_sub(1).and_then(|i| text.get(i)).copied();
-                let after = text.get(m.end()).copied();
+        if self.numeric {
+            for m in numeric_runs(text) {
+                let before = m.start.checked_sub(1).and_then(|i| text.get(i)).copied();
+                let after = text.get(m.end).copied();
                 if before.is_some_and(|b| b.is_ascii_alphanumeric())
                     || after.is_some_and(|b| b.is_ascii_alphanumeric())
                 {
                     continue;
                 }
+                // (Every numeric format has at least nine digits.)
+                let digits = text
+                    .get(m.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|b| b.is_ascii_digit())
+                    .count();
+                if digits < MIN_NUMERIC_DIGITS {
+                    continue;
+                }
                 // A JSON number (`"created": 1701299883`) is a count, a time or an id of the
                 // API, not an identity number someone wrote down.
-                let head = text.get(..m.start()).unwrap_or_default().trim_ascii_end();
+                let head = text.get(..m.start).unwrap_or_default().trim_ascii_end();
                 let json_number = head.ends_with(b"\":");
                 let [card, ssn, ids] = self.numeric_kinds;
                 let kinds = [card, ssn, ids && !json_number];
-                numeric_findings(text, m.range(), kinds, &mut found);
+                numeric_findings(text, m, kinds, &mut found);
             }
         }
         if let Some(ac) = &self.canaries {
@@ -627,14 +640,7 @@ impl LeakGuard {
                 .cmp(&b.range.start)
                 .then(b.range.end.cmp(&a.range.end))
         });
-        let mut out: Vec<Finding> = Vec::with_capacity(found.len());
-        for f in found {
-            if out.last().is_some_and(|l| f.range.start < l.range.end) {
-                continue;
-            }
-            out.push(f);
-        }
-        out
+        found
     }
 
     /// A scanner for one streamed body.
@@ -646,8 +652,22 @@ impl LeakGuard {
             counts: BTreeMap::new(),
             fresh: Vec::new(),
             blocked: false,
+            carried: None,
         }
     }
+}
+
+/// `found` (ordered as [`LeakGuard::scan_all`] orders it) without the findings that overlap
+/// an earlier one.
+fn without_overlaps(found: Vec<Finding>) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::with_capacity(found.len());
+    for f in found {
+        if out.last().is_some_and(|l| f.range.start < l.range.end) {
+            continue;
+        }
+        out.push(f);
+    }
+    out
 }
 
 /// The end of the `-----END ...-----` line after a private key header, within 16 KiB.
@@ -785,7 +805,7 @@ fn numeric_findings(text: &[u8], range: Range<usize>, kinds: [bool; 3], out: &mu
             if digits > 19 {
                 break;
             }
-            if digits < 9 {
+            if digits < MIN_NUMERIC_DIGITS {
                 continue;
             }
             let window = groups.get(g..=h).unwrap_or_default();
@@ -809,6 +829,45 @@ fn numeric_findings(text: &[u8], range: Range<usize>, kinds: [bool; 3], out: &mu
             None => g += 1,
         }
     }
+}
+
+/// The fewest digits of a number [`classify`] takes.
+const MIN_NUMERIC_DIGITS: usize = 9;
+
+/// The runs of digit groups in `text`, left to right: what `[0-9]+(?:[ .-][0-9]+)*` finds,
+/// by hand (a number in JSON is short; a regex search costs more to start than to run).
+fn numeric_runs(text: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let digit = |i: usize| text.get(i).is_some_and(u8::is_ascii_digit);
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = next_digit(text, at)?;
+        let mut end = start;
+        loop {
+            while digit(end) {
+                end += 1;
+            }
+            if matches!(text.get(end), Some(b' ' | b'.' | b'-')) && digit(end + 1) {
+                end += 1;
+            } else {
+                break;
+            }
+        }
+        at = end;
+        Some(start..end)
+    })
+}
+
+/// The first digit in `text` at or after `from`.
+fn next_digit(text: &[u8], from: usize) -> Option<usize> {
+    let mut base = from;
+    // (Blocks tested whole, which vectorizes, then the block with a digit byte by byte.)
+    for block in text.get(from..)?.chunks(32) {
+        if block.iter().fold(false, |any, b| any | b.is_ascii_digit()) {
+            return block.iter().position(u8::is_ascii_digit).map(|i| base + i);
+        }
+        base += block.len();
+    }
+    None
 }
 
 /// Which numeric format a window of digit groups is, if any.
@@ -885,6 +944,9 @@ pub struct LeakStream {
     /// Findings not yet taken by [`LeakStream::take_findings`].
     fresh: Vec<(&'static str, LeakClass)>,
     blocked: bool,
+    /// What the last scan found in the bytes still held back (offsets into `pending`), kept
+    /// until more bytes come: the stream's end then needs no second scan of them.
+    carried: Option<Vec<Finding>>,
 }
 
 impl LeakStream {
@@ -942,7 +1004,12 @@ impl LeakStream {
                 }
             }
         }
-        let findings = self.guard.scan(&self.pending);
+        // (Found with the bytes before them as context, as a scan of the whole body would.)
+        let all = match self.carried.take() {
+            Some(carried) if last => carried,
+            _ => self.guard.scan_all(&self.pending),
+        };
+        let findings = without_overlaps(all.clone());
         let safe = if last {
             self.pending.len()
         } else {
@@ -996,8 +1063,19 @@ impl LeakStream {
         if self.in_pem {
             self.pending.clear();
         } else {
-            self.pending
-                .drain(..boundary.max(cursor).min(self.pending.len()));
+            let sent = boundary.max(cursor).min(self.pending.len());
+            self.pending.drain(..sent);
+            if !last {
+                self.carried = Some(
+                    all.into_iter()
+                        .filter(|f| f.range.start >= sent)
+                        .map(|f| Finding {
+                            range: f.range.start - sent..f.range.end - sent,
+                            ..f
+                        })
+                        .collect(),
+                );
+            }
         }
         StreamOutput {
             emit: out,

@@ -59,6 +59,10 @@ pub struct Transaction<'a> {
     remote_addr: String,
     pub(super) state: Suspended,
     matched_vars: Vec<(String, Vec<u8>)>,
+    /// When the last link to match was decided at load ([`Gate::Always`]) and ran no
+    /// `setvar`: its matched variables, as the rule set holds them (`matched_vars` is then
+    /// empty and unused), so a fixed match copies nothing.
+    fixed_vars: Option<u32>,
     memo: std::cell::RefCell<Pooled>,
     /// The collections of the exchange that hold items ([`gate::bit`]).
     filled: u64,
@@ -598,6 +602,7 @@ impl Crs {
                 captured: ALL_CAPTURES,
             },
             matched_vars: Vec::new(),
+            fixed_vars: None,
             memo: std::cell::RefCell::new(Pooled(Memo::new(self, ex))),
             filled: gate::filled(ex),
             fresh: true,
@@ -612,11 +617,12 @@ impl Crs {
         let mut t = self.transaction(&ex, "");
         t.fresh = false;
         let resume = t.run_from(1, 0, true);
+        let matched_vars = t.matched().to_vec();
         Prelude {
             tx: t.state.tx,
             outcome: t.state.outcome,
             allowed: t.state.allowed,
-            matched_vars: t.matched_vars,
+            matched_vars,
             resume,
         }
     }
@@ -644,9 +650,10 @@ impl Crs {
                 t.state.tx.clone_from(&prelude.tx);
                 t.state.outcome.clone_from(&prelude.outcome);
                 t.matched_vars.clone_from(&prelude.matched_vars);
+                t.fixed_vars = None;
             }
             dirty = t.eval_link(rule, link);
-            out.insert(r, dirty.then(|| t.matched_vars.clone()));
+            out.insert(r, dirty.then(|| t.matched().to_vec()));
         }
         out
     }
@@ -708,6 +715,7 @@ impl Transaction<'_> {
                 self.state.outcome.clone_from(&prelude.outcome);
                 self.state.allowed = prelude.allowed;
                 self.matched_vars.clone_from(&prelude.matched_vars);
+                self.fixed_vars = None;
                 self.state.from_prelude = true;
                 start = prelude.resume;
             }
@@ -768,18 +776,22 @@ impl Transaction<'_> {
                 }
                 // A rule whose first link reads only `TX` and does not match is decided too
                 // (its actions never run). A link runs its actions only when it matches.
-                let saved = (self.state.clone(), self.matched_vars.clone());
+                let saved = (
+                    self.state.clone(),
+                    self.matched_vars.clone(),
+                    self.fixed_vars,
+                );
                 if rule.links.first().is_some_and(|l| !self.eval_link(rule, l)) {
                     continue;
                 }
-                (self.state, self.matched_vars) = saved;
+                (self.state, self.matched_vars, self.fixed_vars) = saved;
                 return i - 1;
             }
             let matched = match gate {
                 Gate::Always(at) if decided => {
                     match (crs.fixed.get(at as usize), rule.links.split_first()) {
                         (Some(fixed), Some((first, rest))) if !self.is_removed(rule) => {
-                            self.matched_fixed(rule, first, fixed);
+                            self.matched_fixed(rule, first, at, fixed);
                             rest.iter().all(|link| self.eval_link(rule, link))
                         }
                         _ => false,
@@ -1044,6 +1056,7 @@ impl Transaction<'_> {
         }
         // `MATCHED_VARS` grows match by match; `MATCHED_VAR` is the last so far.
         self.matched_vars.clear();
+        self.fixed_vars = None;
         for (name, value, caps) in matched {
             if let Some(groups) = caps {
                 for (n, key) in CAPTURE_NAMES.iter().enumerate() {
@@ -1069,13 +1082,22 @@ impl Transaction<'_> {
         true
     }
 
+    /// `MATCHED_VARS`: the variables the last link to match matched.
+    fn matched(&self) -> &[(String, Vec<u8>)] {
+        match self.fixed_vars {
+            Some(at) => self.crs.fixed.get(at as usize).map_or(&[], Vec::as_slice),
+            None => &self.matched_vars,
+        }
+    }
+
     /// Runs the actions of `link`, which matched with the values `fixed` (its verdict fixed
     /// at load, see [`Gate::Always`]), as [`Self::eval_link`] runs them.
-    fn matched_fixed(&mut self, rule: &CRule, link: &Link, fixed: &MatchedVars) {
+    fn matched_fixed(&mut self, rule: &CRule, link: &Link, at: u32, fixed: &MatchedVars) {
+        self.matched_vars.clear();
         if link.setvars.is_empty() {
-            self.matched_vars.clone_from(fixed);
+            self.fixed_vars = Some(at);
         } else {
-            self.matched_vars.clear();
+            self.fixed_vars = None;
             for (name, value) in fixed {
                 self.matched_vars.push((name.clone(), value.clone()));
                 for sv in &link.setvars {
@@ -1404,24 +1426,24 @@ impl Transaction<'_> {
                 all
             }
             Source::MatchedVar => self
-                .matched_vars
+                .matched()
                 .last()
                 .iter()
                 .map(|(_, v)| (Cow::Borrowed(""), Cow::Borrowed(v.as_slice()), None))
                 .collect(),
             Source::MatchedVarName => self
-                .matched_vars
+                .matched()
                 .last()
                 .iter()
                 .map(|(n, _)| (Cow::Borrowed(""), Cow::Borrowed(n.as_bytes()), None))
                 .collect(),
             Source::MatchedVars => self
-                .matched_vars
+                .matched()
                 .iter()
                 .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_slice()), None))
                 .collect(),
             Source::MatchedVarsNames => self
-                .matched_vars
+                .matched()
                 .iter()
                 .map(|(n, _)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(n.as_bytes()), None))
                 .collect(),
@@ -1629,11 +1651,11 @@ impl Transaction<'_> {
         }
         let is = |m: &str| name.eq_ignore_ascii_case(m);
         if is("matched_var") {
-            if let Some((_, v)) = self.matched_vars.last() {
+            if let Some((_, v)) = self.matched().last() {
                 text(v);
             }
         } else if is("matched_var_name") {
-            if let Some((n, _)) = self.matched_vars.last() {
+            if let Some((n, _)) = self.matched().last() {
                 text(n.as_bytes());
             }
         } else if is("rule.id") {

@@ -148,3 +148,27 @@ fn json_numbers_are_not_national_ids() {
     // The written forms still count.
     assert!(!guard.scan(b"NHS number 943 476 5919").is_empty());
 }
+
+#[test]
+fn numeric_runs_are_the_regex_matches() {
+    // The scanner finds what `[0-9]+(?:[ .-][0-9]+)*` finds, leftmost first, on text built
+    // from digits, separators and letters in every order.
+    let re = build(&[r"[0-9]+(?:[ .-][0-9]+)*"], MatchKind::LeftmostFirst).unwrap();
+    let alphabet = b"0 9.-a";
+    let mut seed = 0x9e37_79b9_u32;
+    for len in 0..400 {
+        let text: Vec<u8> = (0..len % 40)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                alphabet[seed as usize % alphabet.len()]
+            })
+            .collect();
+        let want: Vec<_> = re.find_iter(&text).map(|m| m.range()).collect();
+        let got: Vec<_> = numeric_runs(&text).collect();
+        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&text));
+    }
+    let got: Vec<_> = numeric_runs(b"call 555-0100 or 4111 1111 1111 1111. 7.").collect();
+    assert_eq!(got, [5..13, 17..36, 38..39]);
+}
