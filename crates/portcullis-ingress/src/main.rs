@@ -19,6 +19,13 @@ use portcullis_audit::{AuditConfig, FileSinkConfig, SinkConfig};
 use portcullis_core::{IpCidr, TrustedProxies};
 use portcullis_ingress::server::{Options, Source, start};
 
+/// mimalloc rather than the system allocator: a request through the full stack makes and
+/// frees many small, short-lived allocations (parsed values, transformed copies, the CRS
+/// transaction's variables), where glibc's malloc spends a tenth of the server's time
+/// (`BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",
