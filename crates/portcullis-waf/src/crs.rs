@@ -205,10 +205,35 @@ pub(crate) struct Preset {
 /// transactions' `TX` maps, so setting it allocates no name) and the value's text.
 #[derive(Debug, Clone)]
 pub(crate) enum SetVar {
-    Set(Arc<str>, String),
-    Add(Arc<str>, String),
-    Sub(Arc<str>, String),
-    Delete(Arc<str>),
+    Set(MacroText, MacroText),
+    Add(MacroText, MacroText),
+    Sub(MacroText, MacroText),
+    Delete(MacroText),
+}
+
+/// A text that may hold `%{...}` macros, split into its pieces at load (so a transaction
+/// expands it without searching it).
+#[derive(Debug, Clone)]
+pub(crate) struct MacroText {
+    pub(crate) text: Arc<str>,
+    /// `None`: no macro, the text is used as it is.
+    pub(crate) pieces: Option<Box<[exec::Piece]>>,
+}
+
+impl MacroText {
+    pub(crate) fn new(text: &str) -> Self {
+        Self {
+            text: Arc::from(text),
+            pieces: exec::pieces(text),
+        }
+    }
+}
+
+impl std::ops::Deref for MacroText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
 }
 
 impl SetVar {
@@ -1575,7 +1600,7 @@ fn push_transform(
 
 fn parse_setvar(origin: &Origin, text: &str) -> Result<SetVar, CrsError> {
     let text = text.trim();
-    let name_of = |n: &str| -> Result<Arc<str>, CrsError> {
+    let name_of = |n: &str| -> Result<MacroText, CrsError> {
         let n = n.trim();
         let lower = n.to_ascii_lowercase();
         let Some(var) = lower.strip_prefix("tx.") else {
@@ -1584,21 +1609,21 @@ fn parse_setvar(origin: &Origin, text: &str) -> Result<SetVar, CrsError> {
                 format!("`setvar:{text}`: only the `tx` collection is supported"),
             ));
         };
-        Ok(Arc::from(var))
+        Ok(MacroText::new(var))
     };
     if let Some(name) = text.strip_prefix('!') {
         return Ok(SetVar::Delete(name_of(name)?));
     }
     match text.split_once('=') {
-        None => Ok(SetVar::Set(name_of(text)?, "1".into())),
+        None => Ok(SetVar::Set(name_of(text)?, MacroText::new("1"))),
         Some((name, value)) => {
             let name = name_of(name)?;
             Ok(if let Some(v) = value.strip_prefix('+') {
-                SetVar::Add(name, v.to_owned())
+                SetVar::Add(name, MacroText::new(v))
             } else if let Some(v) = value.strip_prefix('-') {
-                SetVar::Sub(name, v.to_owned())
+                SetVar::Sub(name, MacroText::new(v))
             } else {
-                SetVar::Set(name, value.to_owned())
+                SetVar::Set(name, MacroText::new(value))
             })
         }
     }

@@ -20,7 +20,39 @@ type TxHash = foldhash::fast::RandomState;
 
 /// A `TX` variable's value: most are short (numbers, flags, names), held inline, so a
 /// transaction starting from the prelude's variables copies them without allocating.
-pub(crate) type TxValue = smallvec::SmallVec<[u8; 24]>;
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct TxValue(smallvec::SmallVec<[u8; 24]>);
+
+impl TxValue {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Self {
+        Self(smallvec::SmallVec::from_slice(bytes))
+    }
+}
+
+impl Clone for TxValue {
+    /// (A copy of the bytes: `SmallVec`'s own clone pushes them one at a time.)
+    fn clone(&self) -> Self {
+        Self::from_slice(&self.0)
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.0.clear();
+        self.0.extend_from_slice(&source.0);
+    }
+}
+
+impl std::ops::Deref for TxValue {
+    type Target = smallvec::SmallVec<[u8; 24]>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for TxValue {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
 
 /// The most bytes a `TX` variable holds; longer values are cut.
 const MAX_TX_VALUE: usize = 64 * 1024;
@@ -868,7 +900,7 @@ impl Transaction<'_> {
         self.state
             .tx
             .get(name.to_ascii_lowercase().as_str())
-            .map(TxValue::as_slice)
+            .map(|v| v.as_slice())
     }
 
     /// Whether a `ctl` has removed some `TX` target from some rules.
@@ -1524,14 +1556,14 @@ impl Transaction<'_> {
         key_buf.clear();
         value_buf.clear();
         // A name with no macro is used as parsed (lowercase, interned).
-        let (key, interned): (&str, _) = if self.expand_into(name, rule, &mut key_buf) {
+        let (key, interned): (&str, _) = if self.expand_pieces(name, rule, &mut key_buf) {
             key_buf.make_ascii_lowercase();
             (&key_buf, None)
         } else {
-            (name, Some(name))
+            (name, Some(&name.text))
         };
-        let expanded = |t: &Self, value: &'_ str, buf: &mut String| -> bool {
-            t.expand_into(value, rule, buf)
+        let expanded = |t: &Self, value: &super::MacroText, buf: &mut String| -> bool {
+            t.expand_pieces(value, rule, buf)
         };
         match sv {
             SetVar::Set(_, value) => {
@@ -1630,6 +1662,26 @@ impl Transaction<'_> {
         true
     }
 
+    /// [`Self::expand_into`] with the macros found at load: `false` (and nothing appended)
+    /// for a text without any.
+    fn expand_pieces(&self, text: &super::MacroText, rule: &CRule, out: &mut String) -> bool {
+        let Some(pieces) = &text.pieces else {
+            return false;
+        };
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Tx(var) => {
+                    if let Some(v) = self.state.tx.get(&**var) {
+                        out.push_str(&String::from_utf8_lossy(v));
+                    }
+                }
+                Piece::Macro(name) => self.push_macro(name, rule, out),
+            }
+        }
+        true
+    }
+
     /// Appends the value of macro `name` (any case) to `out`.
     fn push_macro(&self, name: &str, rule: &CRule, out: &mut String) {
         let mut text = |b: &[u8]| out.push_str(&String::from_utf8_lossy(b));
@@ -1692,6 +1744,51 @@ impl Transaction<'_> {
 }
 
 /// The `TX` names of the capture groups.
+/// A piece of a [`super::MacroText`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Piece {
+    Text(Box<str>),
+    /// `%{tx.NAME}`, the name lowercase.
+    Tx(Box<str>),
+    /// Any other macro, by its name as written.
+    Macro(Box<str>),
+}
+
+/// The pieces of `text` as [`Transaction::expand_into`] reads it; `None` without a macro.
+pub(crate) fn pieces(text: &str) -> Option<Box<[Piece]>> {
+    let first = macro_start(text)?;
+    let mut out = Vec::new();
+    let mut literal = text.get(..first).unwrap_or_default().to_owned();
+    let mut rest = text.get(first..).unwrap_or_default();
+    while let Some(start) = macro_start(rest) {
+        literal.push_str(rest.get(..start).unwrap_or_default());
+        let after = rest.get(start + 2..).unwrap_or_default();
+        let Some(end) = after.find('}') else {
+            literal.push_str(rest.get(start..).unwrap_or_default());
+            rest = "";
+            break;
+        };
+        if !literal.is_empty() {
+            out.push(Piece::Text(std::mem::take(&mut literal).into()));
+        }
+        let name = after.get(..end).unwrap_or_default();
+        let tx = name
+            .get(..3)
+            .filter(|p| p.eq_ignore_ascii_case("tx."))
+            .and_then(|_| name.get(3..));
+        out.push(match tx {
+            Some(var) => Piece::Tx(var.to_ascii_lowercase().into()),
+            None => Piece::Macro(name.into()),
+        });
+        rest = after.get(end + 1..).unwrap_or_default();
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        out.push(Piece::Text(literal.into()));
+    }
+    Some(out.into())
+}
+
 /// Where the first `%{` of `text` is (`str::find` with a string builds a searcher per call).
 fn macro_start(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
@@ -1889,6 +1986,48 @@ mod tests {
             .unwrap()
             .into_parts();
         Exchange::from_request(&parts, body, ParseOptions::default())
+    }
+
+    #[test]
+    fn macros_split_at_load_expand_as_the_text_does() {
+        let c = Crs::load(
+            &[(
+                "t.conf".to_owned(),
+                "SecRule ARGS \"@rx ^(a)(b)\" \"id:7,phase:2,pass,capture,msg:'m'\"".to_owned(),
+            )],
+            std::path::Path::new("."),
+        )
+        .unwrap();
+        let ex = form(b"x=ab");
+        let mut t = c.transaction(&ex, "192.0.2.1");
+        t.run(1);
+        t.run(2);
+        t.set_tx("score", None, b"5");
+        t.set_tx("mixed_case", None, "caf\u{e9}".as_bytes());
+        let rule = c.rules.first().unwrap();
+        for text in [
+            "plain",
+            "",
+            "%{tx.0}",
+            "/%{tx.0}/",
+            "%{TX.Score}%{tx.score}x%{tx.mixed_case}",
+            "a%{tx.missing}b",
+            "%{matched_var}=%{MATCHED_VAR_NAME};%{rule.id}/%{remote_addr}/%{unknown.thing}",
+            "%{tx.1}%{tx.2}%{tx.3}",
+            "100%",
+            "%{",
+            "a%{tx.score",
+            "%{tx.score}%{",
+            "%%{tx.score}}",
+            "%{}%{tx.}",
+        ] {
+            let mut want = String::new();
+            let has = t.expand_into(text, rule, &mut want);
+            let mut got = String::new();
+            let split = crate::crs::MacroText::new(text);
+            assert_eq!(t.expand_pieces(&split, rule, &mut got), has, "{text:?}");
+            assert_eq!(got, want, "{text:?}");
+        }
     }
 
     #[test]
