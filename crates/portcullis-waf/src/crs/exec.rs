@@ -1631,43 +1631,27 @@ impl Transaction<'_> {
 
     /// Expands `%{...}` macros; text with none is returned as it is.
     fn expand<'t>(&self, text: &'t str, rule: &CRule) -> Cow<'t, str> {
-        let mut out = String::new();
-        if self.expand_into(text, rule, &mut out) {
-            Cow::Owned(out)
-        } else {
-            Cow::Borrowed(text)
+        match pieces(text) {
+            Some(pieces) => {
+                let mut out = String::with_capacity(text.len() + 16);
+                self.push_pieces(&pieces, rule, &mut out);
+                Cow::Owned(out)
+            }
+            None => Cow::Borrowed(text),
         }
     }
 
-    /// Appends `text` with its `%{...}` macros expanded to `out`, when it has macros (and
-    /// says whether it had: text without leaves `out` as it is).
-    fn expand_into(&self, text: &str, rule: &CRule, out: &mut String) -> bool {
-        let Some(first) = macro_start(text) else {
-            return false;
-        };
-        out.reserve(text.len() + 16);
-        out.push_str(text.get(..first).unwrap_or_default());
-        let mut rest = text.get(first..).unwrap_or_default();
-        while let Some(start) = macro_start(rest) {
-            out.push_str(rest.get(..start).unwrap_or_default());
-            let after = rest.get(start + 2..).unwrap_or_default();
-            let Some(end) = after.find('}') else {
-                out.push_str(rest.get(start..).unwrap_or_default());
-                return true;
-            };
-            self.push_macro(after.get(..end).unwrap_or_default(), rule, out);
-            rest = after.get(end + 1..).unwrap_or_default();
-        }
-        out.push_str(rest);
-        true
-    }
-
-    /// [`Self::expand_into`] with the macros found at load: `false` (and nothing appended)
-    /// for a text without any.
+    /// Appends `text` with its `%{...}` macros (split at load) expanded to `out`, when it
+    /// has macros (and says whether it had: text without leaves `out` as it is).
     fn expand_pieces(&self, text: &super::MacroText, rule: &CRule, out: &mut String) -> bool {
         let Some(pieces) = &text.pieces else {
             return false;
         };
+        self.push_pieces(pieces, rule, out);
+        true
+    }
+
+    fn push_pieces(&self, pieces: &[Piece], rule: &CRule, out: &mut String) {
         for piece in pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
@@ -1679,7 +1663,6 @@ impl Transaction<'_> {
                 Piece::Macro(name) => self.push_macro(name, rule, out),
             }
         }
-        true
     }
 
     /// Appends the value of macro `name` (any case) to `out`.
@@ -1754,7 +1737,8 @@ pub(crate) enum Piece {
     Macro(Box<str>),
 }
 
-/// The pieces of `text` as [`Transaction::expand_into`] reads it; `None` without a macro.
+/// The pieces of `text`: its literal text and its macros, `%{` to the next `}` (a `%{` with
+/// no `}` after it is text); `None` without a macro.
 pub(crate) fn pieces(text: &str) -> Option<Box<[Piece]>> {
     let first = macro_start(text)?;
     let mut out = Vec::new();
@@ -1989,7 +1973,7 @@ mod tests {
     }
 
     #[test]
-    fn macros_split_at_load_expand_as_the_text_does() {
+    fn macros_expand_as_modsecurity_reads_them() {
         let c = Crs::load(
             &[(
                 "t.conf".to_owned(),
@@ -2005,28 +1989,37 @@ mod tests {
         t.set_tx("score", None, b"5");
         t.set_tx("mixed_case", None, "caf\u{e9}".as_bytes());
         let rule = c.rules.first().unwrap();
-        for text in [
-            "plain",
-            "",
-            "%{tx.0}",
-            "/%{tx.0}/",
-            "%{TX.Score}%{tx.score}x%{tx.mixed_case}",
-            "a%{tx.missing}b",
-            "%{matched_var}=%{MATCHED_VAR_NAME};%{rule.id}/%{remote_addr}/%{unknown.thing}",
-            "%{tx.1}%{tx.2}%{tx.3}",
-            "100%",
-            "%{",
-            "a%{tx.score",
-            "%{tx.score}%{",
-            "%%{tx.score}}",
-            "%{}%{tx.}",
+        for (text, want) in [
+            ("plain", None),
+            ("", None),
+            ("100%", None),
+            ("%{tx.0}", Some("ab")),
+            ("/%{tx.0}/", Some("/ab/")),
+            (
+                "%{TX.Score}%{tx.score}x%{tx.mixed_case}",
+                Some("55xcaf\u{e9}"),
+            ),
+            ("a%{tx.missing}b", Some("ab")),
+            (
+                "%{matched_var}=%{MATCHED_VAR_NAME};%{rule.id}/%{remote_addr}/%{unknown.thing}",
+                Some("ab=ARGS:x;7/192.0.2.1/"),
+            ),
+            ("%{tx.1}%{tx.2}%{tx.3}", Some("ab")),
+            ("%{", Some("%{")),
+            ("a%{tx.score", Some("a%{tx.score")),
+            ("%{tx.score}%{", Some("5%{")),
+            ("%%{tx.score}}", Some("%5}")),
+            ("%{}%{tx.}", Some("")),
         ] {
-            let mut want = String::new();
-            let has = t.expand_into(text, rule, &mut want);
             let mut got = String::new();
             let split = crate::crs::MacroText::new(text);
-            assert_eq!(t.expand_pieces(&split, rule, &mut got), has, "{text:?}");
-            assert_eq!(got, want, "{text:?}");
+            assert_eq!(
+                t.expand_pieces(&split, rule, &mut got),
+                want.is_some(),
+                "{text:?}"
+            );
+            assert_eq!(got, want.unwrap_or_default(), "{text:?}");
+            assert_eq!(t.expand(text, rule), want.unwrap_or(text), "{text:?}");
         }
     }
 
