@@ -562,7 +562,7 @@ impl LeakGuard {
 
     /// Finds every leak in `text`, in order, without overlaps.
     pub fn scan(&self, text: &[u8]) -> Vec<Finding> {
-        without_overlaps(self.scan_all(text))
+        without_overlaps(&self.scan_all(text))
     }
 
     /// Every finding in `text`, by start (the longest first), overlaps included.
@@ -659,13 +659,13 @@ impl LeakGuard {
 
 /// `found` (ordered as [`LeakGuard::scan_all`] orders it) without the findings that overlap
 /// an earlier one.
-fn without_overlaps(found: Vec<Finding>) -> Vec<Finding> {
+fn without_overlaps(found: &[Finding]) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::with_capacity(found.len());
     for f in found {
         if out.last().is_some_and(|l| f.range.start < l.range.end) {
             continue;
         }
-        out.push(f);
+        out.push(f.clone());
     }
     out
 }
@@ -1009,7 +1009,7 @@ impl LeakStream {
             Some(carried) if last => carried,
             _ => self.guard.scan_all(&self.pending),
         };
-        let findings = without_overlaps(all.clone());
+        let findings = without_overlaps(&all);
         let safe = if last {
             self.pending.len()
         } else {

@@ -164,24 +164,12 @@ fn link_reads_static(link: &Link) -> bool {
 
 /// Whether `text`'s macros name only `TX` and the rule's own match.
 fn macros_static(text: &str) -> bool {
-    let mut rest = text;
-    while let Some(start) = rest.find("%{") {
-        let after = rest.get(start + 2..).unwrap_or_default();
-        let Some(end) = after.find('}') else {
-            return true;
-        };
-        let name = after.get(..end).unwrap_or_default().to_ascii_lowercase();
-        let known = name.starts_with("tx.")
-            || matches!(
-                name.as_str(),
-                "matched_var" | "matched_var_name" | "rule.id" | "rule.msg"
-            );
-        if !known {
-            return false;
-        }
-        rest = after.get(end + 1..).unwrap_or_default();
-    }
-    true
+    pieces(text).iter().flatten().all(|piece| match piece {
+        Piece::Text(_) | Piece::Tx(_) => true,
+        Piece::Macro(name) => ["matched_var", "matched_var_name", "rule.id", "rule.msg"]
+            .iter()
+            .any(|known| name.eq_ignore_ascii_case(known)),
+    })
 }
 
 /// Whether every link of `rule` and its message depend on `TX` alone, and it has no `ctl`.
@@ -1665,7 +1653,7 @@ impl Transaction<'_> {
         }
     }
 
-    /// Appends the value of macro `name` (any case) to `out`.
+    /// Appends the value of macro `name` (any case; `tx.` macros are [`Piece::Tx`]) to `out`.
     fn push_macro(&self, name: &str, rule: &CRule, out: &mut String) {
         let mut text = |b: &[u8]| out.push_str(&String::from_utf8_lossy(b));
         let prefixed = |prefix: &str| {
@@ -1673,17 +1661,6 @@ impl Transaction<'_> {
                 .filter(|p| p.eq_ignore_ascii_case(prefix))
                 .and_then(|_| name.get(prefix.len()..))
         };
-        if let Some(var) = prefixed("tx.") {
-            let value = if var.bytes().any(|b| b.is_ascii_uppercase()) {
-                self.state.tx.get(var.to_ascii_lowercase().as_str())
-            } else {
-                self.state.tx.get(var)
-            };
-            if let Some(v) = value {
-                text(v);
-            }
-            return;
-        }
         let is = |m: &str| name.eq_ignore_ascii_case(m);
         if is("matched_var") {
             if let Some((_, v)) = self.matched().last() {
@@ -1726,7 +1703,6 @@ impl Transaction<'_> {
     }
 }
 
-/// The `TX` names of the capture groups.
 /// A piece of a [`super::MacroText`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Piece {
@@ -1782,6 +1758,7 @@ fn macro_start(text: &str) -> Option<usize> {
 /// Every bit of [`Suspended::captured`].
 const ALL_CAPTURES: u16 = (1 << 10) - 1;
 
+/// The `TX` names of the capture groups.
 const CAPTURE_NAMES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// A rule with no id, for macros expanded outside a rule's own actions.
