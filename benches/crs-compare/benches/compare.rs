@@ -10,6 +10,9 @@ use portcullis_waf::crs::Crs;
 fn bench(c: &mut Criterion) {
     let dir = crs_dir();
     let crs = Crs::load_dir(&dir, "", "").unwrap_or_else(|e| panic!("{e}"));
+    // Without the cache of header verdicts (which the other engine does not have).
+    let mut cold = crs.clone();
+    cold.set_value_cache(0);
     let modsec = zentinel_engine(&dir);
     for req in requests() {
         // Both let the benign requests through.
@@ -21,6 +24,9 @@ fn bench(c: &mut Criterion) {
         );
         c.bench_function(&format!("portcullis/{}", req.name), |b| {
             b.iter(|| black_box(portcullis(&crs, black_box(&req))))
+        });
+        c.bench_function(&format!("portcullis-no-value-cache/{}", req.name), |b| {
+            b.iter(|| black_box(portcullis(&cold, black_box(&req))))
         });
         c.bench_function(&format!("zentinel-modsec/{}", req.name), |b| {
             b.iter(|| black_box(zentinel(&modsec, black_box(&req))))

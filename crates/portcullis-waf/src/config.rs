@@ -137,6 +137,12 @@ pub struct CrsConfig {
     /// longer body flows through uninspected, as ModSecurity's `ProcessPartial`.
     #[serde(default = "default_response_limit")]
     pub response_body_limit: usize,
+    /// How many distinct header values, cookies, paths and argument names each worker thread
+    /// keeps the rules' pattern verdicts of (default 512; 0 keeps none): a client sends the
+    /// same headers on every request, and a value met again is not searched again. The
+    /// verdicts depend on the value alone, so what the rules decide is the same either way.
+    #[serde(default = "default_value_cache")]
+    pub value_cache: usize,
 }
 
 impl CrsConfig {
@@ -148,8 +154,13 @@ impl CrsConfig {
             inspect_responses: true,
             response_body_types: default_response_types(),
             response_body_limit: default_response_limit(),
+            value_cache: default_value_cache(),
         }
     }
+}
+
+fn default_value_cache() -> usize {
+    crate::crs::DEFAULT_VALUE_CACHE
 }
 
 fn yes() -> bool {

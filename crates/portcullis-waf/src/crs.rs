@@ -364,7 +364,19 @@ pub struct Crs {
     pub(crate) by_bit: [Option<crate::variable::Collection>; 64],
     /// The `MATCHED_VARS` of the rules whose gate is [`gate::Gate::Always`].
     pub(crate) fixed: Vec<exec::MatchedVars>,
+    /// This rule set's identity, for the per-thread cache of header verdicts (a clone keeps
+    /// it: it holds the same rules).
+    pub(crate) id: u64,
+    /// How many distinct header values (and names) a thread keeps the group verdicts of, for
+    /// this rule set (0: none).
+    pub(crate) value_cache: usize,
 }
+
+/// The next rule set's [`Crs::id`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// How many header values a thread keeps the verdicts of, per rule set, by default.
+pub const DEFAULT_VALUE_CACHE: usize = 512;
 
 /// A multi-pattern search over up to [`GROUP_SIZE`] `@rx` patterns of rules that read the same
 /// collections, whatever their pipelines: an item is searched once per distinct value the
@@ -698,6 +710,8 @@ impl Crs {
             gates: Default::default(),
             fixed: Vec::new(),
             by_bit: gate::by_bit(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            value_cache: DEFAULT_VALUE_CACHE,
         };
         let prelude = crs.prelude();
         for link in crs.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
@@ -713,6 +727,16 @@ impl Crs {
         crs.prelude = Some(prelude);
         (crs.gates, crs.fixed) = gate::gates(&crs);
         Ok(crs)
+    }
+
+    /// Sets how many distinct request and response header values (and names, cookies
+    /// included) each thread keeps the verdicts of the rule set's pattern searches for
+    /// ([`DEFAULT_VALUE_CACHE`] unless set; 0 keeps none). A client sends the same headers on
+    /// every request, so each distinct value is searched once per thread instead of once per
+    /// request. The verdicts depend on nothing but the value, so the outcome is the same
+    /// either way. Values over 1 KiB are not kept; a full cache is emptied and starts again.
+    pub fn set_value_cache(&mut self, entries: usize) {
+        self.value_cache = entries;
     }
 
     /// How many rules (chains count once) the set holds.

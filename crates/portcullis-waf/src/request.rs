@@ -285,6 +285,12 @@ impl Exchange {
 
     /// The index of the first item of `collection` in the exchange (for cache keys).
     /// How many items the exchange holds (keys of the per-item caches are below twice this).
+    /// The item at `index` among all the exchange's items (as [`Self::base_index`] counts
+    /// them).
+    pub(crate) fn item_at(&self, index: usize) -> Option<&Item> {
+        self.items.get(index)
+    }
+
     pub(crate) fn item_count(&self) -> usize {
         self.items.len()
     }

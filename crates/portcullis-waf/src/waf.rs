@@ -429,13 +429,15 @@ fn load_crs(
         after.push_str(&text);
         after.push('\n');
     }
-    crate::crs::Crs::load_dir(&crs.dir, &before, &after).map_err(|e| {
+    let mut rules = crate::crs::Crs::load_dir(&crs.dir, &before, &after).map_err(|e| {
         ConfigError::new(
             "crs",
             e.to_string(),
             "point crs.dir at a CRS v4 directory (crs-setup.conf and rules/); unsupported constructs are named with their file and line",
         )
-    })
+    })?;
+    rules.set_value_cache(crs.value_cache);
+    Ok(rules)
 }
 
 /// A fresh random incident id.

@@ -212,6 +212,98 @@ struct Memo {
     collection_bytes: Vec<Option<ByteSet>>,
     /// Per transformed value, by its span in `arena`: its bytes, once computed.
     arena_bytes: HashMap<(u32, u32), ByteSet, TxHash>,
+    /// Per key, for the thread's [`ValueCache`]: [`UNCACHED`] for an item it does not keep,
+    /// else [`UNSEEN`], [`SEEN`] once the cached masks are in the item's row, or [`DIRTY`]
+    /// once the transaction has worked out a mask the cache lacks. Empty when the rule set
+    /// keeps none.
+    cache_state: Vec<u8>,
+}
+
+const UNCACHED: u8 = 0;
+const UNSEEN: u8 = 1;
+const SEEN: u8 = 2;
+const DIRTY: u8 = 3;
+
+/// The collections whose values (`true`) or only names (`false`) a [`ValueCache`] keeps:
+/// what a client sends the same on every request (its headers and cookies, the method and
+/// protocol, the API's paths and argument names), not the arguments' values or the body.
+const CACHED: [(Collection, bool); 9] = [
+    (Collection::RequestHeaders, true),
+    (Collection::RequestCookies, true),
+    (Collection::ResponseHeaders, true),
+    (Collection::ArgsGet, false),
+    (Collection::ArgsPost, false),
+    (Collection::RequestMethod, true),
+    (Collection::RequestProtocol, true),
+    (Collection::RequestFilename, true),
+    (Collection::RequestBasename, true),
+];
+
+/// The longest value whose masks a [`ValueCache`] keeps.
+const MAX_CACHED_VALUE: usize = 1024;
+
+/// The most rule sets a thread keeps a [`ValueCache`] for (the least recently used goes).
+const CACHED_SETS: usize = 4;
+
+/// The group masks ([`Memo::mask`]) of header values and names the thread's earlier
+/// transactions worked out, for one rule set. A mask depends only on the value and the group
+/// (never on the item's collection or the transaction), so a value met again takes its
+/// masks from here instead of being transformed and searched again: clients send the same
+/// headers on every request.
+struct ValueCache {
+    crs: u64,
+    groups: usize,
+    /// Per value: its entry, whose masks are `masks[entry * groups..][..groups]`.
+    index: HashMap<Box<[u8]>, u32, TxHash>,
+    masks: Vec<u32>,
+}
+
+thread_local! {
+    /// The thread's value caches, the most recently used rule set's last.
+    static VALUE_CACHES: std::cell::RefCell<Vec<ValueCache>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many values the thread's value cache of `crs` holds.
+#[cfg(test)]
+pub(crate) fn cached_values(crs: &Crs) -> usize {
+    with_value_cache(crs, |cache| cache.index.len())
+}
+
+/// Runs `f` on the thread's value cache of `crs` (made when missing).
+fn with_value_cache<R>(crs: &Crs, f: impl FnOnce(&mut ValueCache) -> R) -> R {
+    VALUE_CACHES.with(|caches| {
+        let mut caches = caches.borrow_mut();
+        let groups = crs.groups.len();
+        match caches.iter().position(|c| c.crs == crs.id) {
+            Some(at) if at + 1 != caches.len() => {
+                let cache = caches.remove(at);
+                caches.push(cache);
+            }
+            Some(_) => {}
+            None => {
+                if caches.len() >= CACHED_SETS {
+                    caches.remove(0);
+                }
+                caches.push(ValueCache {
+                    crs: crs.id,
+                    groups,
+                    index: HashMap::with_hasher(TxHash::default()),
+                    masks: Vec::new(),
+                });
+            }
+        }
+        match caches.last_mut() {
+            Some(cache) => f(cache),
+            // (Not reached: the rule set's cache is last.)
+            None => f(&mut ValueCache {
+                crs: crs.id,
+                groups,
+                index: HashMap::with_hasher(TxHash::default()),
+                masks: Vec::new(),
+            }),
+        }
+    })
 }
 
 /// The bytes `span` names in `arena`, or `raw` when the pipeline left the value unchanged.
@@ -281,6 +373,7 @@ impl Memo {
             raw_bytes: Vec::new(),
             collection_bytes: Vec::new(),
             arena_bytes: HashMap::with_hasher(TxHash::default()),
+            cache_state: Vec::new(),
         }
     }
 
@@ -292,6 +385,7 @@ impl Memo {
             + (self.raw_bytes.capacity() + self.collection_bytes.capacity())
                 * std::mem::size_of::<Option<ByteSet>>()
             + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
+            + self.cache_state.capacity()
     }
 
     /// A memo for `ex`, reusing the buffers of the thread's last one.
@@ -314,7 +408,109 @@ impl Memo {
         memo.raw_bytes.resize(keys, None);
         memo.collection_bytes.clear();
         memo.arena_bytes.clear();
+        memo.cache_state.clear();
+        if crs.value_cache > 0 {
+            memo.cache_state.resize(keys, UNCACHED);
+            for (c, values) in CACHED {
+                let start = ex.base_index(c);
+                for item in start..start + ex.items(c).len() {
+                    let (value, name) = (item * 2, item * 2 + 1);
+                    let short = |raw: &[u8]| raw.len() <= MAX_CACHED_VALUE;
+                    if let (Some(state), Some(item)) =
+                        (memo.cache_state.get_mut(value), ex.item_at(item))
+                        && values
+                        && short(item.value())
+                    {
+                        *state = UNSEEN;
+                    }
+                    if let (Some(state), Some(item)) =
+                        (memo.cache_state.get_mut(name), ex.item_at(item))
+                        && short(item.name().as_bytes())
+                    {
+                        *state = UNSEEN;
+                    }
+                }
+            }
+        }
         memo
+    }
+
+    /// The first time item `key` (value `raw`) is asked for a mask: its row takes the masks
+    /// the thread's value cache holds for `raw`.
+    fn load_cached(&mut self, crs: &Crs, key: u32, raw: &[u8]) {
+        let Some(state) = self.cache_state.get_mut(key as usize) else {
+            return;
+        };
+        *state = SEEN;
+        let row = self.row(key);
+        let groups = self.groups;
+        let Some(to) = self.masks.get_mut(row * groups..(row + 1) * groups) else {
+            return;
+        };
+        with_value_cache(crs, |cache| {
+            let from = cache.index.get(raw).and_then(|&entry| {
+                cache
+                    .masks
+                    .get(entry as usize * groups..(entry as usize + 1) * groups)
+            });
+            if let (Some(from), true) = (from, cache.groups == groups) {
+                to.copy_from_slice(from);
+            }
+        });
+    }
+
+    /// Hands the masks this transaction worked out for cached items to the thread's value
+    /// cache.
+    fn store_cached(&mut self, crs: &Crs, ex: &Exchange) {
+        if !self.cache_state.contains(&DIRTY) {
+            return;
+        }
+        let groups = self.groups;
+        with_value_cache(crs, |cache| {
+            for (key, state) in self.cache_state.iter_mut().enumerate() {
+                if *state != DIRTY {
+                    continue;
+                }
+                *state = SEEN;
+                let raw = match ex.item_at(key / 2) {
+                    Some(item) if key % 2 == 1 => item.name().as_bytes(),
+                    Some(item) => item.value(),
+                    None => continue,
+                };
+                let Some(&row) = self.rows.get(key) else {
+                    continue;
+                };
+                let Some(found) = self
+                    .masks
+                    .get(row as usize * groups..(row as usize + 1) * groups)
+                else {
+                    continue;
+                };
+                let entry = match cache.index.get(raw) {
+                    Some(&entry) => entry as usize,
+                    None => {
+                        if cache.index.len() >= crs.value_cache {
+                            cache.index.clear();
+                            cache.masks.clear();
+                        }
+                        let entry = cache.index.len();
+                        let Ok(at) = u32::try_from(entry) else {
+                            continue;
+                        };
+                        cache.index.insert(raw.into(), at);
+                        cache.masks.resize((entry + 1) * groups, 0);
+                        entry
+                    }
+                };
+                if let Some(to) = cache.masks.get_mut(entry * groups..(entry + 1) * groups) {
+                    for (to, &m) in to.iter_mut().zip(found) {
+                        if m & DONE != 0 {
+                            *to = m;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Item `key`'s row in `spans` and `masks`, made when first asked for.
@@ -420,9 +616,17 @@ impl Memo {
     /// Which patterns of `group` match item `key` (raw value `raw`), each on its own
     /// pipeline's value: one search per distinct value the members' pipelines make.
     fn mask(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
+        if self.cache_state.get(key as usize) == Some(&UNSEEN) {
+            self.load_cached(crs, key, raw);
+        }
         let at = self.row(key) * self.groups + group as usize;
         if let Some(&m) = self.masks.get(at).filter(|m| **m & DONE != 0) {
             return m;
+        }
+        if let Some(state) = self.cache_state.get_mut(key as usize)
+            && *state != UNCACHED
+        {
+            *state = DIRTY;
         }
         let mut mask = DONE;
         // A value with none of the bytes a pipeline needs to make what a pattern needs is
@@ -741,6 +945,7 @@ impl Transaction<'_> {
             }
         }
         self.run_from(phase, start, false);
+        self.memo.borrow_mut().store_cached(self.crs, self.ex);
     }
 
     /// Runs phase `phase` from step `start`; with `static_only`, stops before the first
@@ -1034,9 +1239,16 @@ impl Transaction<'_> {
                             || link.screen.is_some() =>
                     {
                         let mut memo = self.memo.borrow_mut();
+                        // The group's search decides (a value it rules out is not even
+                        // transformed, unless a negated link keeps it); else a value with
+                        // none of the bytes every match needs does not match.
+                        if let Some((group, bit)) = link.slot
+                            && !link.negated
+                            && memo.mask(self.crs, key, group, &val.value) & u32::from(bit) == 0
+                        {
+                            return;
+                        }
                         let span = memo.span(self.crs, key, link.pipeline, &val.value);
-                        // The group's search decides; else a value with none of the bytes
-                        // every match needs does not match.
                         let grouped = match (link.slot, link.screen) {
                             (Some((group, bit)), _) => Some(
                                 memo.mask(self.crs, key, group, &val.value) & u32::from(bit) != 0,

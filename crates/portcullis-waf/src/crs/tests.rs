@@ -938,3 +938,72 @@ SecRule REQUEST_BODY "@rx \{" "id:3,phase:2,pass,log"
     );
     assert_eq!(post("text/plain", b"{attack"), [1, 2, 3]);
 }
+
+/// A header value met again takes its pattern verdicts from the thread's value cache, and
+/// the outcome is the one a rule set without the cache reaches, value by value and in any
+/// order; argument values are never kept.
+#[test]
+fn header_verdicts_kept_across_transactions_decide_as_a_fresh_search_does() {
+    let rules = r#"
+SecRule REQUEST_HEADERS "@rx (?i)<script" "id:21,phase:1,log,pass,t:none,t:urlDecodeUni"
+SecRule REQUEST_HEADERS|ARGS "@rx union\s+select" "id:22,phase:1,log,pass,t:none,t:lowercase"
+SecRule REQUEST_HEADERS:X-Probe "@rx ^probe-(\d+)$" "id:23,phase:1,log,pass,capture,setvar:'tx.probe=%{tx.1}',chain"
+    SecRule TX:probe "@gt 5" ""
+SecRule REQUEST_HEADERS_NAMES "@rx ^x-evil" "id:24,phase:1,log,pass"
+SecRule ARGS_NAMES "@rx ^cmd$" "id:25,phase:1,log,pass"
+"#;
+    let cached = crs(rules);
+    let mut fresh = crs(rules);
+    fresh.set_value_cache(0);
+    let requests = [
+        ("/?a=1", "x-probe", "probe-9"),
+        ("/?a=1", "x-probe", "probe-2"),
+        ("/?a=1", "x-probe", "probe-9"),
+        ("/?cmd=1", "x-other", "%3Cscript%3E"),
+        ("/?a=1", "x-other", "%3Cscript%3E"),
+        ("/?a=UNION%20SELECT", "x-other", "plain"),
+        ("/?a=1", "x-other", "Union  Select"),
+        ("/?a=1", "x-evil-thing", "plain"),
+        ("/?a=1", "x-other", "plain"),
+        ("/?cmd=1", "x-other", "plain"),
+        ("/?a=1", "x-probe", "probe-2"),
+    ];
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        for (uri, name, value) in requests {
+            let ex = get_with(uri, name, value);
+            let want = logged(&fresh.evaluate_request(&ex, "127.0.0.1"));
+            let got = logged(&cached.evaluate_request(&ex, "127.0.0.1"));
+            assert_eq!(got, want, "round {round}: {uri} {name}: {value}");
+            seen.push(got);
+        }
+    }
+    // (The rules fire where they should, so the comparison above means something.)
+    assert_eq!(seen[0], [23]);
+    assert!(seen[1].is_empty());
+    assert_eq!(seen[3], [21, 25]);
+    assert_eq!(seen[5], [22]);
+    assert_eq!(seen[6], [22]);
+    assert_eq!(seen[7], [24]);
+    // Header values and names, and argument names, are kept; argument values are not.
+    let kept = exec::cached_values(&cached);
+    assert!(kept >= 8, "{kept}");
+    assert_eq!(exec::cached_values(&fresh), 0);
+}
+
+/// The cache holds at most as many values as the rule set allows: a full one starts again.
+#[test]
+fn the_value_cache_is_bounded() {
+    let mut c = crs(r#"SecRule REQUEST_HEADERS "@rx (?i)<script" "id:21,phase:1,log,pass""#);
+    c.set_value_cache(4);
+    for n in 0..50 {
+        let value = format!("value-{n}");
+        let out = c.evaluate_request(&get_with("/", "x-n", &value), "127.0.0.1");
+        assert!(logged(&out).is_empty());
+        assert!(exec::cached_values(&c) <= 4, "{}", exec::cached_values(&c));
+    }
+    let out = c.evaluate_request(&get_with("/", "x-n", "<SCRIPT>"), "127.0.0.1");
+    assert_eq!(logged(&out), [21]);
+    let out = c.evaluate_request(&get_with("/", "x-n", "<SCRIPT>"), "127.0.0.1");
+    assert_eq!(logged(&out), [21]);
+}
