@@ -367,15 +367,15 @@ pub struct Crs {
     /// This rule set's identity, for the per-thread cache of header verdicts (a clone keeps
     /// it: it holds the same rules).
     pub(crate) id: u64,
-    /// How many distinct header values (and names) a thread keeps the group verdicts of, for
-    /// this rule set (0: none).
+    /// How many distinct values (of headers, cookies, paths, argument names) a thread keeps
+    /// the group verdicts of, for this rule set (0: none).
     pub(crate) value_cache: usize,
 }
 
 /// The next rule set's [`Crs::id`].
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// How many header values a thread keeps the verdicts of, per rule set, by default.
+/// How many distinct values a thread keeps the verdicts of, per rule set, by default.
 pub const DEFAULT_VALUE_CACHE: usize = 512;
 
 /// A multi-pattern search over up to [`GROUP_SIZE`] `@rx` patterns of rules that read the same
@@ -729,12 +729,14 @@ impl Crs {
         Ok(crs)
     }
 
-    /// Sets how many distinct request and response header values (and names, cookies
-    /// included) each thread keeps the verdicts of the rule set's pattern searches for
-    /// ([`DEFAULT_VALUE_CACHE`] unless set; 0 keeps none). A client sends the same headers on
-    /// every request, so each distinct value is searched once per thread instead of once per
-    /// request. The verdicts depend on nothing but the value, so the outcome is the same
-    /// either way. Values over 1 KiB are not kept; a full cache is emptied and starts again.
+    /// Sets how many distinct values each thread keeps the verdicts of the rule set's pattern
+    /// searches for ([`DEFAULT_VALUE_CACHE`] unless set; 0 keeps none): request and response
+    /// header names and values, cookie names and values, the method, the protocol, the path
+    /// and its last segment, and argument names, not argument values or bodies. A client
+    /// sends the same headers on every request, so each distinct value is searched once per
+    /// thread instead of once per request. The verdicts depend on nothing but the value, so
+    /// the outcome is the same either way. Values over 1 KiB are not kept; a full cache is
+    /// emptied and starts again.
     pub fn set_value_cache(&mut self, entries: usize) {
         self.value_cache = entries;
     }

@@ -411,20 +411,18 @@ impl Memo {
         memo.cache_state.clear();
         if crs.value_cache > 0 {
             memo.cache_state.resize(keys, UNCACHED);
+            let short = |raw: &[u8]| raw.len() <= MAX_CACHED_VALUE;
             for (c, values) in CACHED {
                 let start = ex.base_index(c);
-                for item in start..start + ex.items(c).len() {
-                    let (value, name) = (item * 2, item * 2 + 1);
-                    let short = |raw: &[u8]| raw.len() <= MAX_CACHED_VALUE;
-                    if let (Some(state), Some(item)) =
-                        (memo.cache_state.get_mut(value), ex.item_at(item))
+                for (n, item) in ex.items(c).iter().enumerate() {
+                    let (value, name) = ((start + n) * 2, (start + n) * 2 + 1);
+                    if let Some(state) = memo.cache_state.get_mut(value)
                         && values
                         && short(item.value())
                     {
                         *state = UNSEEN;
                     }
-                    if let (Some(state), Some(item)) =
-                        (memo.cache_state.get_mut(name), ex.item_at(item))
+                    if let Some(state) = memo.cache_state.get_mut(name)
                         && short(item.name().as_bytes())
                     {
                         *state = UNSEEN;
