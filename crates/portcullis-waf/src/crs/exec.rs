@@ -245,17 +245,28 @@ const MAX_CACHED_VALUE: usize = 1024;
 /// The most rule sets a thread keeps a [`ValueCache`] for (the least recently used goes).
 const CACHED_SETS: usize = 4;
 
-/// The group masks ([`Memo::mask`]) of header values and names the thread's earlier
-/// transactions worked out, for one rule set. A mask depends only on the value and the group
-/// (never on the item's collection or the transaction), so a value met again takes its
-/// masks from here instead of being transformed and searched again: clients send the same
-/// headers on every request.
+/// The group masks ([`Memo::mask`]) of the values [`CACHED`] lists that the thread's
+/// earlier transactions worked out, for one rule set. A mask depends only on the value and
+/// the group (never on the item's collection or the transaction), so a value met again takes
+/// its masks from here instead of being transformed and searched again: clients send the
+/// same headers on every request.
 struct ValueCache {
     crs: u64,
     groups: usize,
     /// Per value: its entry, whose masks are `masks[entry * groups..][..groups]`.
     index: HashMap<Box<[u8]>, u32, TxHash>,
     masks: Vec<u32>,
+}
+
+impl ValueCache {
+    fn new(crs: &Crs) -> Self {
+        Self {
+            crs: crs.id,
+            groups: crs.groups.len(),
+            index: HashMap::with_hasher(TxHash::default()),
+            masks: Vec::new(),
+        }
+    }
 }
 
 thread_local! {
@@ -274,7 +285,6 @@ pub(crate) fn cached_values(crs: &Crs) -> usize {
 fn with_value_cache<R>(crs: &Crs, f: impl FnOnce(&mut ValueCache) -> R) -> R {
     VALUE_CACHES.with(|caches| {
         let mut caches = caches.borrow_mut();
-        let groups = crs.groups.len();
         match caches.iter().position(|c| c.crs == crs.id) {
             Some(at) if at + 1 != caches.len() => {
                 let cache = caches.remove(at);
@@ -285,23 +295,13 @@ fn with_value_cache<R>(crs: &Crs, f: impl FnOnce(&mut ValueCache) -> R) -> R {
                 if caches.len() >= CACHED_SETS {
                     caches.remove(0);
                 }
-                caches.push(ValueCache {
-                    crs: crs.id,
-                    groups,
-                    index: HashMap::with_hasher(TxHash::default()),
-                    masks: Vec::new(),
-                });
+                caches.push(ValueCache::new(crs));
             }
         }
         match caches.last_mut() {
             Some(cache) => f(cache),
             // (Not reached: the rule set's cache is last.)
-            None => f(&mut ValueCache {
-                crs: crs.id,
-                groups,
-                index: HashMap::with_hasher(TxHash::default()),
-                masks: Vec::new(),
-            }),
+            None => f(&mut ValueCache::new(crs)),
         }
     })
 }
