@@ -1435,6 +1435,9 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
     groups
 }
 
+/// The largest phrase automaton (as an NFA, in bytes) built as a DFA instead.
+const DFA_PHRASES_NFA_LIMIT: usize = 128 * 1024;
+
 /// Gathers the `@pm` and `@pmFromFile` links of each phase and paranoia level into groups of
 /// [`GROUP_SIZE`], each searched by one automaton over all their phrases: a value is scanned
 /// once for all of them (CRS's phrase files are read by rules over the same arguments), and
@@ -1480,14 +1483,25 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
                     }
                 }
             }
-            let Ok(automaton) = aho_corasick::AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .build(&phrases)
-            else {
+            let build = |kind| {
+                aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .match_kind(aho_corasick::MatchKind::Standard)
+                    .kind(kind)
+                    .build(&phrases)
+            };
+            let Ok(mut automaton) = build(None) else {
                 // (Too large for an automaton: the links keep their own searches.)
                 continue;
             };
+            // A mid-sized set (a few hundred phrases) is searched about twice as fast
+            // by a DFA, at 15 to 20 times the memory; larger sets keep the NFA.
+            if automaton.kind() != aho_corasick::AhoCorasickKind::DFA
+                && automaton.memory_usage() <= DFA_PHRASES_NFA_LIMIT
+                && let Ok(dfa) = build(Some(aho_corasick::AhoCorasickKind::DFA))
+            {
+                automaton = dfa;
+            }
             let Ok(at) = u32::try_from(groups.len()) else {
                 continue;
             };
