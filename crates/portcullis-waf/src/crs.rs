@@ -351,6 +351,13 @@ pub struct Crs {
     /// Per pipeline of two or more transformations: the pipeline without its last one (so a
     /// value goes through each shared prefix once).
     pub(crate) parents: Vec<Option<u32>>,
+    /// Per pipeline of two or more transformations: the pipeline without its next-to-last
+    /// one, when the rules have that one too. When the step left out leaves a value as it
+    /// is, the pipeline's value is its skip's, so pipelines that differ only in steps a
+    /// value passes through unchanged transform it once (a prose value goes through
+    /// `cmdLine` once, not once per such pipeline). (Pipelines the rules do not have are not
+    /// added: each one widens every item's row in a transaction's memo.)
+    pub(crate) skips: Vec<Option<u32>>,
     /// Per pipeline: the bytes without which it leaves a value as it is (the union of its
     /// transformations' [`Transform::trigger`]s), when each of them has such bytes.
     pub(crate) triggers: Vec<Option<needs::ByteSet>>,
@@ -673,7 +680,7 @@ impl Crs {
                 })
                 .collect()
         });
-        let (pipelines, parents) = with_prefixes(loader.pipelines);
+        let (pipelines, parents, skips) = with_prefixes(loader.pipelines);
         for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
             if link.multi_match {
                 link.stages = (1..=link.transforms.len())
@@ -700,6 +707,7 @@ impl Crs {
             groups,
             pipelines,
             parents,
+            skips,
             triggers,
             jumps,
             rules,
@@ -1552,11 +1560,14 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
     }
 }
 
-/// Adds every prefix of the pipelines to them, and gives each pipeline its parent (itself
-/// without its last transformation).
+/// Per pipeline: another pipeline's index, or none.
+type PipelineLinks = Vec<Option<u32>>;
+
+/// Adds every prefix of the pipelines to them; gives each pipeline its parent (itself without
+/// its last transformation) and its skip, when there is one (see [`Crs::skips`]).
 fn with_prefixes(
     mut pipelines: Vec<Arc<[Transform]>>,
-) -> (Vec<Arc<[Transform]>>, Vec<Option<u32>>) {
+) -> (Vec<Arc<[Transform]>>, PipelineLinks, PipelineLinks) {
     let mut i = 0;
     while let Some(p) = pipelines.get(i).cloned() {
         if let Some((_, prefix)) = p.split_last()
@@ -1567,6 +1578,10 @@ fn with_prefixes(
         }
         i += 1;
     }
+    let find = |q: &[Transform]| {
+        let at = pipelines.iter().position(|p| **p == *q)?;
+        u32::try_from(at).ok()
+    };
     let parents = pipelines
         .iter()
         .map(|p| {
@@ -1574,11 +1589,18 @@ fn with_prefixes(
             if prefix.is_empty() {
                 return None;
             }
-            let at = pipelines.iter().position(|q| **q == *prefix)?;
-            u32::try_from(at).ok()
+            find(prefix)
         })
         .collect();
-    (pipelines, parents)
+    let skips = pipelines
+        .iter()
+        .map(|p| {
+            let (last, prefix) = p.split_last()?;
+            let (_, before) = prefix.split_last()?;
+            find(&before.iter().chain([last]).copied().collect::<Vec<_>>())
+        })
+        .collect();
+    (pipelines, parents, skips)
 }
 
 fn in_ranges(ranges: &[(u32, u32)], id: u32) -> bool {

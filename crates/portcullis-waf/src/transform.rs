@@ -830,37 +830,68 @@ fn cmd_line(input: &[u8]) -> Cow<'_, [u8]> {
 }
 
 fn cmd_line_slow(input: &[u8]) -> Cow<'_, [u8]> {
-    let mut out: Vec<u8> = Vec::with_capacity(input.len());
+    /// What `cmdLine` does with each byte (a table: this runs over every byte of long
+    /// prose values, for several CRS pipelines).
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Class {
+        /// Kept, lowercased.
+        Keep,
+        /// Dropped: `\ " ' ^`.
+        Drop,
+        /// Whitespace, `,` and `;`: a run of them becomes one space.
+        Space,
+        /// `/` and `(`: kept, and a space before them is dropped.
+        Close,
+    }
+    #[allow(clippy::indexing_slicing, reason = "b < 256, the table's length")]
+    const CLASSES: [Class; 256] = {
+        let mut table = [Class::Keep; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = match b as u8 {
+                b'\\' | b'"' | b'\'' | b'^' => Class::Drop,
+                b',' | b';' | 0x20 | 0x09 | 0x0a | 0x0b | 0x0c | 0x0d | 0xa0 => Class::Space,
+                b'/' | b'(' => Class::Close,
+                _ => Class::Keep,
+            };
+            b += 1;
+        }
+        table
+    };
+    // The output is never longer than the input: every byte is written at `end`, which
+    // only moves past the bytes kept.
+    let mut out = vec![0; input.len()];
+    let mut end = 0;
+    // Whether the last byte written is the space a run became (dropped bytes leave it so).
     let mut space = false;
     for &b in input {
-        match b {
-            b'\\' | b'"' | b'\'' | b'^' => {}
-            b',' | b';' => {
-                if !space {
-                    out.push(b' ');
-                    space = true;
+        match CLASSES.get(usize::from(b)).copied().unwrap_or(Class::Keep) {
+            Class::Keep => {
+                if let Some(slot) = out.get_mut(end) {
+                    *slot = b.to_ascii_lowercase();
                 }
-            }
-            b'/' | b'(' => {
-                // Spaces before a slash or a parenthesis are dropped.
-                while out.last() == Some(&b' ') {
-                    out.pop();
-                }
-                out.push(b);
+                end += 1;
                 space = false;
             }
-            b if is_space(b) => {
-                if !space {
-                    out.push(b' ');
-                    space = true;
+            Class::Space => {
+                if let Some(slot) = out.get_mut(end) {
+                    *slot = b' ';
                 }
+                end += usize::from(!space);
+                space = true;
             }
-            b => {
-                out.push(b.to_ascii_lowercase());
+            Class::Close => {
+                end -= usize::from(space);
+                if let Some(slot) = out.get_mut(end) {
+                    *slot = b;
+                }
+                end += 1;
                 space = false;
             }
+            Class::Drop => {}
         }
     }
+    out.truncate(end);
     if out.as_slice() == input {
         Cow::Borrowed(input)
     } else {

@@ -571,6 +571,21 @@ impl Memo {
             (Some(parent), Some((last, _))) => (self.span(crs, key, parent, raw), Some(last)),
             _ => (SAME, None),
         };
+        // When the next-to-last transformation left the value as it was, the value is the
+        // pipeline's without it (worked out once for both).
+        if let (Some(parent), Some(Some(skip))) = (parent, crs.skips.get(pipeline as usize)) {
+            let before = match crs.parents.get(parent as usize).copied().flatten() {
+                Some(grandparent) => self.span(crs, key, grandparent, raw),
+                None => SAME,
+            };
+            if before == base {
+                let span = self.span(crs, key, *skip, raw);
+                if let Some(slot) = self.spans.get_mut(at) {
+                    *slot = span;
+                }
+                return span;
+            }
+        }
         let changed = match last {
             Some(t) => {
                 let before = spanned(&self.arena, base, raw);

@@ -373,6 +373,37 @@ fn pipelines_know_their_prefixes() {
         }
     }
     assert!(with_parent > 10, "{with_parent}");
+    // And its skip, itself without its next-to-last transformation, when the rules have it.
+    assert_eq!(crs.skips.len(), crs.pipelines.len());
+    let mut with_skip = 0;
+    for (p, skip) in crs.pipelines.iter().zip(&crs.skips) {
+        let n = p.len();
+        let want = (n >= 2).then(|| [&p[..n - 2], &p[n - 1..]].concat());
+        let found = want.and_then(|w| crs.pipelines.iter().position(|q| q[..] == w[..]));
+        assert_eq!(skip.map(|s| s as usize), found, "{p:?}");
+        with_skip += usize::from(found.is_some());
+    }
+    assert!(with_skip > 5, "{with_skip}");
+}
+
+/// A pipeline whose next-to-last step leaves a value as it is takes its value from the
+/// pipeline without that step: the rules see the same values either way.
+#[test]
+fn pipelines_skip_steps_that_leave_the_value_as_it_is() {
+    let crs = crs(r#"
+SecRule ARGS "@rx ^a b c$" "id:1,phase:2,pass,log,t:none,t:urlDecodeUni,t:cmdLine"
+SecRule ARGS "@rx ^a b c$" "id:2,phase:2,pass,log,t:none,t:cmdLine"
+SecRule ARGS "@rx ^a%20b$" "id:3,phase:2,pass,log,t:none,t:lowercase,t:cmdLine"
+SecRule ARGS "@rx ^a b$" "id:4,phase:2,pass,log,t:none,t:urlDecodeUni,t:lowercase,t:cmdLine"
+"#);
+    // `urlDecodeUni` leaves "A B,C" as it is: both pipelines give "a b c".
+    assert_eq!(ids(&crs, "/?q=A%20B,C"), vec![1, 2]);
+    // Here it decodes: the first gives "a b c", the second keeps the "%20".
+    assert_eq!(ids(&crs, "/?q=A%2520B,C"), vec![1]);
+    // `lowercase` leaves "a%20b" as it is, `urlDecodeUni` does not.
+    assert_eq!(ids(&crs, "/?q=a%2520b"), vec![3, 4]);
+    assert_eq!(ids(&crs, "/?q=A%2520B"), vec![3, 4]);
+    assert_eq!(ids(&crs, "/?q=a%20b"), vec![4]);
 }
 
 #[test]

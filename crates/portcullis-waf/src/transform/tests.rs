@@ -321,6 +321,49 @@ fn unchanged_shortcuts_agree_with_the_full_transformations() {
     assert!(!super::normal_already(b"/a/../b", false));
 }
 
+/// `cmdLine` written the plain way, as ModSecurity describes it: drop `\ " ' ^`; drop
+/// spaces before `/` and `(`; turn runs of whitespace, `,` and `;` into one space; lowercase.
+fn cmd_line_reference(input: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut space = false;
+    for &b in input {
+        match b {
+            b'\\' | b'"' | b'\'' | b'^' => {}
+            b',' | b';' | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0 => {
+                if !space {
+                    out.push(b' ');
+                    space = true;
+                }
+            }
+            b'/' | b'(' => {
+                while out.last() == Some(&b' ') {
+                    out.pop();
+                }
+                out.push(b);
+                space = false;
+            }
+            b => {
+                out.push(b.to_ascii_lowercase());
+                space = false;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cmd_line_agrees_with_the_plain_reference_on_every_short_string() {
+    let mut changed = 0;
+    for s in all_strings(b"aA /(,;\t\\'\xa0", 5) {
+        let got = Transform::CmdLine.apply(&s);
+        let want = cmd_line_reference(&s);
+        assert_eq!(got.as_ref(), &want[..], "{s:?}");
+        assert_eq!(matches!(got, Cow::Owned(_)), want != s, "{s:?}");
+        changed += usize::from(want != s);
+    }
+    assert!(changed > 10_000, "{changed}");
+}
+
 #[test]
 fn trimming_reports_the_change() {
     assert!(matches!(Transform::Trim.apply(b"  a "), Cow::Owned(v) if v == b"a"));
