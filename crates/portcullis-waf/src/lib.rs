@@ -54,7 +54,7 @@ pub use engine::{Evaluation, RuleMatch, RuleSet};
 pub use future::ResponseFuture;
 pub use layer::WafLayer;
 pub use leak::{Finding, LeakAction, LeakClass, LeakGuard, LeakGuardConfig, LeakStream};
-pub use operator::{Comparison, Condition, Operator, OperatorError};
+pub use operator::{Comparison, Condition, Haystack, Operator, OperatorError};
 pub use request::{Exchange, Item, ParseOptions, RequestHead};
 pub use rule::{
     ConditionSpec, OperatorSpec, PackSpec, Phase, Rule, RuleAction, RuleSpec, Severity,

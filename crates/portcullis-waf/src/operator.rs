@@ -51,7 +51,7 @@ pub enum Operator {
     /// `@endsWith`.
     EndsWith(Vec<u8>),
     /// `@within`: the value occurs in the parameter.
-    Within(Vec<u8>),
+    Within(Arc<Haystack>),
     /// `@eq`, `@ge`, `@gt`, `@le`, `@lt`: the value as an integer compared with the parameter.
     Numeric(Comparison, i64),
     /// `@ipMatch`: the value is an address in one of the networks.
@@ -272,7 +272,7 @@ impl Operator {
             "contains" => Self::Contains(param.as_bytes().to_vec()),
             "beginsWith" => Self::BeginsWith(param.as_bytes().to_vec()),
             "endsWith" => Self::EndsWith(param.as_bytes().to_vec()),
-            "within" => Self::Within(param.as_bytes().to_vec()),
+            "within" => Self::Within(Arc::new(Haystack::new(param.as_bytes()))),
             "eq" | "ge" | "gt" | "le" | "lt" => {
                 let cmp = match name {
                     "eq" => Comparison::Eq,
@@ -372,7 +372,7 @@ impl Operator {
             Self::Contains(p) => p.is_empty() || value.windows(p.len()).any(|w| w == p.as_slice()),
             Self::BeginsWith(p) => value.starts_with(p),
             Self::EndsWith(p) => value.ends_with(p),
-            Self::Within(p) => !value.is_empty() && occurs_in(p, value),
+            Self::Within(p) => !value.is_empty() && p.contains(value),
             Self::Numeric(cmp, n) => {
                 let v = to_int(value);
                 match cmp {
@@ -461,24 +461,63 @@ impl Condition {
     }
 }
 
-/// Whether `needle` (not empty) occurs in `haystack`, an operator's parameter: candidates by
-/// `memchr` on the first byte, no searcher to build per call. At most `haystack.len()`
-/// comparisons of at most `needle.len() <= haystack.len()` bytes, both bounded by the
-/// parameter.
-fn occurs_in(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, _)) = needle.split_first() else {
-        return true;
-    };
-    if needle.len() > haystack.len() {
-        return false;
+/// `@within`'s parameter, with the places of each pair of adjacent bytes in it: a value is
+/// looked for only where its first two bytes occur. (CRS's lists, such as
+/// `/content-encoding/ /proxy/ ...`, start every entry with the same byte, so a search by
+/// the first byte alone stops at every entry.)
+#[derive(Debug, Clone)]
+pub struct Haystack {
+    text: Vec<u8>,
+    /// Each pair of adjacent bytes, big-endian, with where it starts, sorted.
+    pairs: Vec<(u16, u32)>,
+}
+
+impl Haystack {
+    /// Indexes `text`.
+    pub fn new(text: &[u8]) -> Self {
+        let mut pairs: Vec<(u16, u32)> = text
+            .windows(2)
+            .zip(0_u32..)
+            .filter_map(|(w, at)| match w {
+                [a, b] => Some((u16::from_be_bytes([*a, *b]), at)),
+                _ => None,
+            })
+            .collect();
+        pairs.sort_unstable();
+        Self {
+            text: text.to_vec(),
+            pairs,
+        }
     }
-    let last_start = haystack.len() - needle.len();
-    // (The second byte is compared first: most candidates differ there.)
-    let second = needle.get(1);
-    memchr::memchr_iter(first, haystack.get(..=last_start).unwrap_or_default()).any(|at| {
-        (second.is_none() || haystack.get(at + 1) == second)
-            && haystack.get(at..at + needle.len()) == Some(needle)
-    })
+
+    /// The parameter.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// Whether `needle` occurs in the parameter (the empty needle does). Compares the needle
+    /// only where its first two bytes occur: at most `text.len()` comparisons of at most
+    /// `needle.len() <= text.len()` bytes.
+    pub fn contains(&self, needle: &[u8]) -> bool {
+        match needle {
+            [] => true,
+            _ if needle.len() > self.text.len() => false,
+            [b] => memchr::memchr(*b, &self.text).is_some(),
+            [a, b, ..] => {
+                let pair = u16::from_be_bytes([*a, *b]);
+                let from = self.pairs.partition_point(|&(p, _)| p < pair);
+                self.pairs
+                    .get(from..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|&&(p, _)| p == pair)
+                    .any(|&(_, at)| {
+                        let at = at as usize;
+                        self.text.get(at..at + needle.len()) == Some(needle)
+                    })
+            }
+        }
+    }
 }
 
 #[cfg(test)]

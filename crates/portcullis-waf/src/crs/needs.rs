@@ -63,18 +63,24 @@ impl ByteSet {
         }
         // Long values: one independent store per byte, then the table packed into words
         // (setting bits in place chains every byte on the word before).
-        let mut seen = [false; 256];
+        let mut seen = [0_u8; 256];
         for &b in value {
             if let Some(s) = seen.get_mut(usize::from(b)) {
-                *s = true;
+                *s = 1;
             }
         }
+        // Eight flags (0 or 1) read as one word, times this, leave their bits in its top byte,
+        // the first flag lowest: each word of the set is eight multiplications.
+        const PACK: u64 = 0x0102_0408_1020_4080;
         let mut out = Self::default();
         for (word, chunk) in out.0.iter_mut().zip(seen.chunks_exact(64)) {
             *word = chunk
-                .iter()
-                .enumerate()
-                .fold(0, |w, (i, &s)| w | (u64::from(s) << i));
+                .chunks_exact(8)
+                .zip((0..64).step_by(8))
+                .fold(0, |w, (eight, shift)| {
+                    let flags = <[u8; 8]>::try_from(eight).map_or(0, u64::from_le_bytes);
+                    w | ((flags.wrapping_mul(PACK) >> 56) << shift)
+                });
         }
         out
     }
@@ -543,6 +549,27 @@ mod tests {
         assert_eq!(ByteSet::of(&long), slow);
         assert!(ByteSet::of(&long).contains(0) && ByteSet::of(&long).contains(255));
         assert_eq!(ByteSet::of(b"ab"), ByteSet::of(&b"ab".repeat(40)));
+        // Every byte alone, and sparse mixtures, in long values.
+        for b in 0..=255_u8 {
+            let mut one = ByteSet::default();
+            one.insert(b);
+            assert_eq!(ByteSet::of(&[b; 70]), one, "{b}");
+        }
+        let mut state = 0x9e37_79b9_u32;
+        for _ in 0..200 {
+            let value: Vec<u8> = (0..100)
+                .map(|_| {
+                    state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    // (A few dozen distinct bytes per value.)
+                    ((state >> 16) % 256) as u8 & 0b1011_0111
+                })
+                .collect();
+            let mut slow = ByteSet::default();
+            for &b in &value {
+                slow.insert(b);
+            }
+            assert_eq!(ByteSet::of(&value), slow);
+        }
     }
 
     fn factored(pattern: &str) -> Option<Vec<String>> {

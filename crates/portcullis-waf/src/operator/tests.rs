@@ -227,3 +227,33 @@ fn numbers_read_from_ascii_bytes_agree_with_numbers_read_from_text() {
     assert_eq!(super::to_int(b" -17x"), -17);
     assert_eq!(super::to_int("\u{a0}5".as_bytes()), 5);
 }
+
+/// `@within`'s indexed search agrees with a plain search of every window, for every pair of
+/// short strings over a small alphabet (so pairs repeat and overlap).
+#[test]
+fn within_agrees_with_a_window_search() {
+    fn strings(len: usize) -> Vec<Vec<u8>> {
+        let mut all = vec![Vec::new()];
+        let mut frontier = vec![Vec::new()];
+        for _ in 0..len {
+            frontier = frontier
+                .iter()
+                .flat_map(|s: &Vec<u8>| b"/ab".iter().map(move |&b| [s.as_slice(), &[b]].concat()))
+                .collect();
+            all.extend(frontier.iter().cloned());
+        }
+        all
+    }
+    let haystacks = strings(6);
+    let needles = strings(4);
+    let mut found = 0;
+    for h in &haystacks {
+        let indexed = super::Haystack::new(h);
+        for n in &needles {
+            let want = n.is_empty() || h.windows(n.len().max(1)).any(|w| w == n.as_slice());
+            assert_eq!(indexed.contains(n), want, "{n:?} in {h:?}");
+            found += usize::from(want);
+        }
+    }
+    assert!(found > 10_000, "{found}");
+}
