@@ -4,8 +4,6 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
 use crate::transform::Transform;
 
 /// Why a body could not be parsed completely. The arguments parsed before the problem are still
@@ -115,60 +113,149 @@ pub fn parse_urlencoded(body: &[u8], limits: Limits) -> Parsed<Arg> {
     parsed
 }
 
-/// Parses JSON and flattens it: object members by key (in key order), array items by index,
-/// joined with dots (`messages.0.content`); scalars become their text (`null` is empty).
+/// Parses JSON and flattens it: object members by key, array items by index, joined with
+/// dots (`messages.0.content`), in the order the document gives them, every member of a
+/// repeated key kept (a WAF sees each, whichever one the application reads); scalars become
+/// their text (`null` is empty). Invalid JSON keeps no items.
 pub fn parse_json(body: &[u8], limits: Limits) -> Parsed<Arg> {
     let mut parsed = Parsed::default();
-    // serde_json's own recursion limit (128) guards the parse; ours bounds the walk.
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => {
-            parsed.error = Some(BodyError::InvalidJson);
-            return parsed;
-        }
+    // serde_json's own recursion limit (128) guards the parse; ours bounds what is kept.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let flat = Flatten {
+        name: String::new(),
+        depth: 0,
+        out: &mut parsed,
+        limits,
     };
-    let mut stack: Vec<(String, &Value, usize)> = vec![(String::new(), &value, 0)];
-    while let Some((name, value, depth)) = stack.pop() {
-        if parsed.items.len() >= limits.max_args {
-            parsed.error.get_or_insert(BodyError::TooComplex);
-            break;
-        }
-        let child = |key: &str| {
-            if name.is_empty() {
-                key.to_owned()
-            } else {
-                format!("{name}.{key}")
-            }
-        };
-        match value {
-            Value::Object(_) | Value::Array(_) if depth >= limits.max_depth => {
-                parsed.error.get_or_insert(BodyError::TooComplex);
-            }
-            Value::Object(map) => {
-                // Reverse so that the stack yields members in key order.
-                for (k, v) in map.iter().rev() {
-                    stack.push((child(k), v, depth + 1));
-                }
-            }
-            Value::Array(items) => {
-                for (i, v) in items.iter().enumerate().rev() {
-                    stack.push((child(&i.to_string()), v, depth + 1));
-                }
-            }
-            scalar => {
-                let text: Cow<'_, str> = match scalar {
-                    Value::String(s) => Cow::Borrowed(s),
-                    Value::Null => Cow::Borrowed(""),
-                    other => Cow::Owned(other.to_string()),
-                };
-                parsed.items.push(Arg {
-                    name,
-                    value: text.as_bytes().to_vec(),
-                });
-            }
-        }
+    if serde::de::DeserializeSeed::deserialize(flat, &mut de)
+        .and_then(|()| de.end())
+        .is_err()
+    {
+        parsed.items.clear();
+        parsed.error = Some(BodyError::InvalidJson);
     }
     parsed
+}
+
+/// One JSON value being flattened into `out` under `name`, as it is read (no tree is built):
+/// members in the order they come, every one of a repeated key.
+struct Flatten<'p> {
+    name: String,
+    depth: usize,
+    out: &'p mut Parsed<Arg>,
+    limits: Limits,
+}
+
+impl Flatten<'_> {
+    fn push(self, value: &[u8]) {
+        if self.out.items.len() >= self.limits.max_args {
+            self.out.error.get_or_insert(BodyError::TooComplex);
+            return;
+        }
+        self.out.items.push(Arg {
+            name: self.name,
+            value: value.to_vec(),
+        });
+    }
+
+    /// Whether a container here is deeper than the limits keep (then read and dropped).
+    fn too_deep(&mut self) -> bool {
+        let deep = self.depth >= self.limits.max_depth;
+        if deep {
+            self.out.error.get_or_insert(BodyError::TooComplex);
+        }
+        deep
+    }
+
+    /// The member `key` of this container, as a value to flatten.
+    fn child(&mut self, key: impl std::fmt::Display) -> Flatten<'_> {
+        use std::fmt::Write as _;
+        let mut name = self.name.clone();
+        if !name.is_empty() {
+            name.push('.');
+        }
+        let _ = write!(name, "{key}");
+        Flatten {
+            name,
+            depth: self.depth + 1,
+            out: self.out,
+            limits: self.limits,
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.push(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.push(v.to_string().as_bytes());
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.push(v.to_string().as_bytes());
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // (As serde_json writes numbers: `1.0`, `1e300` as `1e300`.)
+        let text = serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string());
+        self.push(text.as_bytes());
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.push(v.as_bytes());
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.push(b"");
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        if self.too_deep() {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        let mut index = 0_usize;
+        while seq.next_element_seed(self.child(index))?.is_some() {
+            index += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        if self.too_deep() {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            return Ok(());
+        }
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            map.next_value_seed(self.child(&key))?;
+        }
+        Ok(())
+    }
 }
 
 /// The `boundary` parameter of a `multipart/form-data` content type.

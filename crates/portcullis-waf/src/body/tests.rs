@@ -48,19 +48,35 @@ fn json_is_flattened_with_dotted_names() {
         Limits::default(),
     );
     assert_eq!(p.error, None);
-    // Object members come in key order, array items in index order.
+    // Members and items come in the document's order.
     assert_eq!(
         args(&p),
         [
-            ("messages.0.content", &b"hi"[..]),
+            ("model", &b"m"[..]),
             ("messages.0.role", b"user"),
-            ("messages.1.content.0.text", b"x"),
-            ("messages.1.content.0.type", b"text"),
+            ("messages.0.content", b"hi"),
             ("messages.1.role", b"tool"),
-            ("model", b"m"),
+            ("messages.1.content.0.type", b"text"),
+            ("messages.1.content.0.text", b"x"),
             ("n", b"2"),
-            ("stop", b""),
             ("stream", b"true"),
+            ("stop", b""),
+        ]
+    );
+    // A repeated key: both values are kept (an application may read either).
+    let p = parse_json(
+        br#"{"a":"ok","a":"<script>","b":{"c":1.5,"d":-3,"e":1e3,"f":"\u00e9"}}"#,
+        Limits::default(),
+    );
+    assert_eq!(
+        args(&p),
+        [
+            ("a", &b"ok"[..]),
+            ("a", b"<script>"),
+            ("b.c", b"1.5"),
+            ("b.d", b"-3"),
+            ("b.e", b"1000.0"),
+            ("b.f", "\u{e9}".as_bytes()),
         ]
     );
     assert_eq!(
@@ -84,10 +100,24 @@ fn json_problems_are_findings() {
         },
     );
     assert_eq!(p.error, Some(BodyError::TooComplex));
-    // Far deeper than serde_json's own recursion limit: an error, not a stack overflow.
+    // Far deeper than serde_json's own recursion limit: an error, not a stack overflow
+    // (below the depth limit the value is skipped without recursion).
     let abyss = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let p = parse_json(abyss.as_bytes(), Limits::default());
+    assert_eq!(p.error, Some(BodyError::TooComplex));
+    assert!(p.items.is_empty());
+    // Past serde_json's recursion limit within the depth limit: invalid, not a crash.
+    let p = parse_json(
+        abyss.as_bytes(),
+        Limits {
+            max_args: 100,
+            max_depth: 100_000,
+        },
+    );
+    assert_eq!(p.error, Some(BodyError::InvalidJson));
+    let unclosed = "[".repeat(100_000);
     assert_eq!(
-        parse_json(abyss.as_bytes(), Limits::default()).error,
+        parse_json(unclosed.as_bytes(), Limits::default()).error,
         Some(BodyError::InvalidJson)
     );
     let wide = format!("[{}]", vec!["1"; 50].join(","));
