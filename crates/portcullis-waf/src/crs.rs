@@ -296,7 +296,7 @@ pub(crate) struct Link {
     /// group's match mask).
     pub(crate) slot: Option<(u32, u16)>,
     /// Whether a group miss over the link's collections can prove it does not match: a
-    /// grouped, non-negated `@rx` without `multiMatch`.
+    /// grouped, non-negated `@rx` (with `multiMatch`, one whose bit reads every stage).
     pub(crate) prefilter: bool,
     pub(crate) op: Op,
     pub(crate) negated: bool,
@@ -497,18 +497,22 @@ pub(crate) struct GroupMember {
 }
 
 impl GroupMember {
-    /// The members of a group whose patterns, in bit order, read these pipelines.
-    fn by_pipeline(pipelines: impl Iterator<Item = u32>) -> Vec<Self> {
+    /// The members of a group whose patterns, in bit order, read these pipelines (a
+    /// `multiMatch` pattern reads several: its bit is set when it matches any of their
+    /// values).
+    fn by_pipeline<'p>(pipelines: impl Iterator<Item = &'p [u32]>) -> Vec<Self> {
         let mut members: Vec<Self> = Vec::new();
-        for (i, pipeline) in pipelines.enumerate() {
-            match members.iter_mut().find(|m| m.pipeline == pipeline) {
-                Some(m) => m.bits |= 1 << i,
-                None => members.push(Self {
-                    bits: 1 << i,
-                    pipeline,
-                    // (Worked out once the pipelines are known: see `screen_members`.)
-                    screen: None,
-                }),
+        for (i, reads) in pipelines.enumerate() {
+            for &pipeline in reads {
+                match members.iter_mut().find(|m| m.pipeline == pipeline) {
+                    Some(m) => m.bits |= 1 << i,
+                    None => members.push(Self {
+                        bits: 1 << i,
+                        pipeline,
+                        // (Worked out once the pipelines are known: see `screen_members`.)
+                        screen: None,
+                    }),
+                }
             }
         }
         members
@@ -659,7 +663,28 @@ impl Crs {
                     .collect();
             }
         }
-        let mut groups = build_groups(&mut rules);
+        // (The empty pipeline is the raw value, which a `multiMatch` link tests first.)
+        let mut pipelines = loader.pipelines;
+        if !pipelines.iter().any(|p| p.is_empty()) {
+            pipelines.push(Arc::from(Vec::new()));
+        }
+        let raw = pipelines
+            .iter()
+            .position(|p| p.is_empty())
+            .and_then(|at| u32::try_from(at).ok());
+        let (pipelines, parents, skips) = with_prefixes(pipelines);
+        for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+            if link.multi_match {
+                link.stages = (1..=link.transforms.len())
+                    .filter_map(|n| {
+                        let prefix = link.transforms.get(..n)?;
+                        let at = pipelines.iter().position(|p| **p == *prefix)?;
+                        u32::try_from(at).ok()
+                    })
+                    .collect();
+            }
+        }
+        let mut groups = build_groups(&mut rules, raw);
         build_phrase_groups(&mut rules, &mut groups);
         let jumps = phases.clone().map(|steps| {
             steps
@@ -680,18 +705,6 @@ impl Crs {
                 })
                 .collect()
         });
-        let (pipelines, parents, skips) = with_prefixes(loader.pipelines);
-        for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
-            if link.multi_match {
-                link.stages = (1..=link.transforms.len())
-                    .filter_map(|n| {
-                        let prefix = link.transforms.get(..n)?;
-                        let at = pipelines.iter().position(|p| **p == *prefix)?;
-                        u32::try_from(at).ok()
-                    })
-                    .collect();
-            }
-        }
         let triggers = pipelines
             .iter()
             .map(|p| {
@@ -1274,13 +1287,21 @@ fn bundle_key(rule: &CRule, link: &Link) -> String {
     format!("{}|{level}|{}", rule.phase, sources.join("|"))
 }
 
+/// A pattern of a group, with the pipelines whose values it reads.
+type Pattern = (String, Vec<u32>);
+
 /// Gathers the `@rx` links into multi-pattern searches of [`GROUP_SIZE`] patterns, by the
 /// collections their rules read (so a collection's search serves the rules reading it), and
 /// gives each link its place. Patterns that do not build together keep no group (their links
 /// are tested alone).
-fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
+///
+/// A `multiMatch` link's pattern reads the raw value (pipeline `raw`) and the value after
+/// each of its transformations (its stages): its bit says whether any of them matches, so a
+/// miss rules the link out as it does any other (a hit is tested stage by stage for the
+/// value and captures ModSecurity reports).
+fn build_groups(rules: &mut [CRule], raw: Option<u32>) -> Vec<Group> {
     // Per bundle key (the sources a link reads): its patterns as (source, pipeline).
-    let mut bundles: Vec<(String, Vec<(String, u32)>)> = Vec::new();
+    let mut bundles: Vec<(String, Vec<Pattern>)> = Vec::new();
     // Per bundle, in the same order: each pattern's own compiled regex.
     let mut alone: Vec<Vec<Option<Arc<Regex>>>> = Vec::new();
     let mut places: Vec<Option<(usize, usize)>> = Vec::new();
@@ -1309,7 +1330,15 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
         }
         let list = bundles.get_mut(at).map(|(_, l)| l);
         places.push(list.map(|l| {
-            l.push((rx.clone(), link.pipeline));
+            let reads = match raw {
+                Some(raw) if link.multi_match && link.stages.len() == link.transforms.len() => {
+                    std::iter::once(raw)
+                        .chain(link.stages.iter().copied())
+                        .collect()
+                }
+                _ => vec![link.pipeline],
+            };
+            l.push((rx.clone(), reads));
             (at, l.len() - 1)
         }));
     }
@@ -1353,7 +1382,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                 *p = at;
             }
         }
-        let sorted: Vec<(String, u32)> = order
+        let sorted: Vec<Pattern> = order
             .iter()
             .filter_map(|&(_, n)| list.get(n).cloned())
             .collect();
@@ -1414,7 +1443,7 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
                         .zip(chunk_alone.iter().cloned())
                         .collect(),
                     solo_screens: chunk_screens.to_vec(),
-                    members: GroupMember::by_pipeline(chunk.iter().map(|(_, p)| *p)),
+                    members: GroupMember::by_pipeline(chunk.iter().map(|(_, p)| &p[..])),
                     // (Worked out once the pipelines are known: see `screen_members`.)
                     screen: None,
                 });
@@ -1438,7 +1467,10 @@ fn build_groups(rules: &mut [CRule]) -> Vec<Group> {
             let group = (*index.get(bundle)?.get(n / GROUP_SIZE)?)?;
             Some((group, 1_u16 << (n % GROUP_SIZE)))
         });
-        link.prefilter = link.slot.is_some() && !link.negated && !link.multi_match;
+        // (A `multiMatch` link whose stages are not all pipelines keeps its final value's
+        // bit, which does not decide it.)
+        let stages_read = raw.is_some() && link.stages.len() == link.transforms.len();
+        link.prefilter = link.slot.is_some() && !link.negated && (!link.multi_match || stages_read);
     }
     groups
 }
@@ -1513,7 +1545,8 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
             let Ok(at) = u32::try_from(groups.len()) else {
                 continue;
             };
-            let members = GroupMember::by_pipeline(links.iter().map(|l| l.pipeline));
+            let members =
+                GroupMember::by_pipeline(links.iter().map(|l| std::slice::from_ref(&l.pipeline)));
             let solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)> = links
                 .iter()
                 .map(|link| {

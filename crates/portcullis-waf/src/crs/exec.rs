@@ -1187,6 +1187,13 @@ impl Transaction<'_> {
                     // An exchange item: its values after each step are the memo's values
                     // through the pipeline's prefixes (made once for every rule).
                     let mut memo = self.memo.borrow_mut();
+                    // The group's bit says whether any stage matches (see `build_groups`):
+                    // a miss is not tested stage by stage.
+                    if let (Some((group, bit)), true) = (link.slot, link.prefilter)
+                        && memo.mask(self.crs, key, group, &val.value) & u32::from(bit) == 0
+                    {
+                        return;
+                    }
                     let screened = |memo: &mut Memo, span: (u32, u32)| {
                         link.screen
                             .is_some_and(|s| !memo.bytes_of(key, span, &val.value).intersects(s))

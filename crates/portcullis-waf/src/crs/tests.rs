@@ -580,6 +580,53 @@ SecRule ARGS "@rx ^a b$" "id:6,phase:1,pass,log,multiMatch,t:urlDecode,t:removeW
     // A middle step: `urlDecode` makes `a b`, which `removeWhitespace` then changes.
     assert_eq!(run("/?a=a%2520b").0, [4, 5, 6]);
     assert_eq!(run("/?a=abc").0, [5]);
+    // (The grouped links are decided by their group bits, which read every stage.)
+    let prefiltered: Vec<u32> = c
+        .rules
+        .iter()
+        .filter(|r| r.links.iter().all(|l| l.prefilter))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(prefiltered, [1, 2, 3, 5, 6]);
+}
+
+#[test]
+fn multi_match_links_decide_by_their_group_bits_as_stage_by_stage_tests_do() {
+    // A `multiMatch` link's group bit reads the raw value and every stage: the rule set
+    // with the bits deciding must fire exactly the rules it fires when every link is tested
+    // stage by stage, without gates.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
+    let c = Crs::load_dir(&dir, "", "").unwrap();
+    let mut staged = c.clone();
+    for link in staged.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+        if link.multi_match {
+            link.prefilter = false;
+        }
+    }
+    let uris = [
+        "/?q=blue+shoes&page=2",
+        "/?q=Could+you+summarise+this+text+for+me%3F",
+        "/?a=..%2f..%2fetc%2fpasswd",
+        "/?a=%2e%2e%5c%2e%2e%5cwindows%5cwin.ini",
+        "/?a=%252e%252e%252fboot.ini",
+        // base64 of `eval("alert(1)")`: seen only after `base64Decode`.
+        "/?c=ZXZhbCgiYWxlcnQoMSkiKQ==",
+        "/?c=process.mainModule.require(%27child_process%27)",
+        "/?p=__proto__%5Bx%5D=1",
+        "/?p=constructor%5Bprototype%5D",
+        "/?w=while(true)%7B%7D",
+        "/?id=1%27%20or%201=1--",
+    ];
+    let mut fired = std::collections::BTreeSet::new();
+    for uri in uris {
+        let ex = get(uri);
+        let grouped = c.evaluate_request(&ex, "127.0.0.1");
+        assert_eq!(grouped, without_prelude(&staged, &ex), "{uri}");
+        fired.extend(grouped.matches.iter().map(|m| m.id));
+    }
+    for id in [930110, 934100, 934130] {
+        assert!(fired.contains(&id), "{id} never fired: {fired:?}");
+    }
 }
 
 /// The outcome of running `ex` without the load-time prelude (every rule from the first
