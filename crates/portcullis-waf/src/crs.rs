@@ -426,6 +426,25 @@ pub(crate) enum Search {
         automaton: aho_corasick::AhoCorasick,
         bits: Vec<u32>,
     },
+    /// `@detectSQLi` or `@detectXSS` links: every bit is set when libinjection finds an
+    /// injection.
+    Detect(Detector),
+}
+
+/// The libinjection check of a [`Search::Detect`] group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detector {
+    Sqli,
+    Xss,
+}
+
+impl Detector {
+    pub(crate) fn detects(self, value: &[u8]) -> bool {
+        match self {
+            Self::Sqli => exec::detect_sqli(value),
+            Self::Xss => exec::detect_xss(value),
+        }
+    }
 }
 
 impl Group {
@@ -455,6 +474,11 @@ impl Group {
                     if mask == all {
                         break;
                     }
+                }
+            }
+            Search::Detect(detector) => {
+                if detector.detects(value) {
+                    mask = (1 << self.solo.len()) - 1;
                 }
             }
         }
@@ -686,6 +710,7 @@ impl Crs {
         }
         let mut groups = build_groups(&mut rules, raw);
         build_phrase_groups(&mut rules, &mut groups);
+        build_detect_groups(&mut rules, &mut groups, raw);
         let jumps = phases.clone().map(|steps| {
             steps
                 .iter()
@@ -1290,6 +1315,25 @@ fn bundle_key(rule: &CRule, link: &Link) -> String {
 /// A pattern of a group, with the pipelines whose values it reads.
 type Pattern = (String, Vec<u32>);
 
+/// The pipelines whose values a link's pattern reads in its group: its own, or for
+/// `multiMatch` the raw value's (`raw`) and each of its stages'.
+fn reads_of(link: &Link, raw: Option<u32>) -> Vec<u32> {
+    match raw {
+        Some(raw) if link.multi_match && link.stages.len() == link.transforms.len() => {
+            std::iter::once(raw)
+                .chain(link.stages.iter().copied())
+                .collect()
+        }
+        _ => vec![link.pipeline],
+    }
+}
+
+/// Whether a link's group bit decides it: always, but for a `multiMatch` link whose stages
+/// are not all pipelines (its bit then reads only its final value).
+fn bit_decides(link: &Link, raw: Option<u32>) -> bool {
+    !link.multi_match || (raw.is_some() && link.stages.len() == link.transforms.len())
+}
+
 /// Gathers the `@rx` links into multi-pattern searches of [`GROUP_SIZE`] patterns, by the
 /// collections their rules read (so a collection's search serves the rules reading it), and
 /// gives each link its place. Patterns that do not build together keep no group (their links
@@ -1330,15 +1374,7 @@ fn build_groups(rules: &mut [CRule], raw: Option<u32>) -> Vec<Group> {
         }
         let list = bundles.get_mut(at).map(|(_, l)| l);
         places.push(list.map(|l| {
-            let reads = match raw {
-                Some(raw) if link.multi_match && link.stages.len() == link.transforms.len() => {
-                    std::iter::once(raw)
-                        .chain(link.stages.iter().copied())
-                        .collect()
-                }
-                _ => vec![link.pipeline],
-            };
-            l.push((rx.clone(), reads));
+            l.push((rx.clone(), reads_of(link, raw)));
             (at, l.len() - 1)
         }));
     }
@@ -1467,10 +1503,7 @@ fn build_groups(rules: &mut [CRule], raw: Option<u32>) -> Vec<Group> {
             let group = (*index.get(bundle)?.get(n / GROUP_SIZE)?)?;
             Some((group, 1_u16 << (n % GROUP_SIZE)))
         });
-        // (A `multiMatch` link whose stages are not all pipelines keeps its final value's
-        // bit, which does not decide it.)
-        let stages_read = raw.is_some() && link.stages.len() == link.transforms.len();
-        link.prefilter = link.slot.is_some() && !link.negated && (!link.multi_match || stages_read);
+        link.prefilter = link.slot.is_some() && !link.negated && bit_decides(link, raw);
     }
     groups
 }
@@ -1590,6 +1623,62 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
     // (The phrases are read only here: a link's own search is its compiled operator.)
     for link in rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
         link.phrases = None;
+    }
+}
+
+/// Gathers the `@detectSQLi` and `@detectXSS` links into groups as [`build_groups`] does the
+/// `@rx` ones (by operator and by the collections their rules read): a value is run through
+/// libinjection once per distinct transformed value, however many links read it, and the
+/// verdicts on the values the thread's value cache keeps (headers, cookies, names) are kept
+/// across transactions like any group's.
+fn build_detect_groups(rules: &mut [CRule], groups: &mut Vec<Group>, raw: Option<u32>) {
+    // Per bundle key: the (rule, link) places.
+    let mut bundles: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    for (r, rule) in rules.iter().enumerate() {
+        for (l, link) in rule.links.iter().enumerate() {
+            let kind = match link.op {
+                Op::DetectSqli => "sqli",
+                Op::DetectXss => "xss",
+                _ => continue,
+            };
+            let key = format!("{kind}|{}", bundle_key(rule, link));
+            match bundles.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, places)) => places.push((r, l)),
+                None => bundles.push((key, vec![(r, l)])),
+            }
+        }
+    }
+    for (_, places) in bundles {
+        for chunk in places.chunks(GROUP_SIZE) {
+            let links: Vec<&Link> = chunk
+                .iter()
+                .filter_map(|&(r, l)| rules.get(r)?.links.get(l))
+                .collect();
+            let detector = match links.first().map(|l| &l.op) {
+                Some(Op::DetectSqli) => Detector::Sqli,
+                Some(Op::DetectXss) => Detector::Xss,
+                _ => continue,
+            };
+            let Ok(at) = u32::try_from(groups.len()) else {
+                continue;
+            };
+            let reads: Vec<Vec<u32>> = links.iter().map(|l| reads_of(l, raw)).collect();
+            groups.push(Group {
+                search: Search::Detect(detector),
+                single: false,
+                solo_screens: vec![None; links.len()],
+                members: GroupMember::by_pipeline(reads.iter().map(Vec::as_slice)),
+                screen: None,
+                needs: None,
+                solo: vec![(None, None); links.len()],
+            });
+            for (i, &(r, l)) in chunk.iter().enumerate() {
+                if let Some(link) = rules.get_mut(r).and_then(|rule| rule.links.get_mut(l)) {
+                    link.slot = Some((at, 1 << i));
+                    link.prefilter = !link.negated && bit_decides(link, raw);
+                }
+            }
+        }
     }
 }
 

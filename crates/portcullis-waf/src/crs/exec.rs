@@ -674,6 +674,12 @@ impl Memo {
                 }
             }
             for &(span, bits) in classes.iter().take(count) {
+                if let super::Search::Detect(detector) = &g.search {
+                    if detector.detects(spanned(&self.arena, span, raw)) {
+                        mask |= bits;
+                    }
+                    continue;
+                }
                 // (Needed by the group's screen, and by the per-pattern one below.)
                 let bytes = if g.needs.is_some() || !g.single {
                     self.bytes_of(key, span, raw)

@@ -591,16 +591,22 @@ SecRule ARGS "@rx ^a b$" "id:6,phase:1,pass,log,multiMatch,t:urlDecode,t:removeW
 }
 
 #[test]
-fn multi_match_links_decide_by_their_group_bits_as_stage_by_stage_tests_do() {
-    // A `multiMatch` link's group bit reads the raw value and every stage: the rule set
-    // with the bits deciding must fire exactly the rules it fires when every link is tested
-    // stage by stage, without gates.
+fn grouped_multi_match_and_libinjection_links_decide_as_their_own_tests_do() {
+    // A `multiMatch` link's group bit reads the raw value and every stage, and the
+    // `@detectSQLi` / `@detectXSS` links are decided by their groups' libinjection verdicts:
+    // the rule set with the bits deciding must fire exactly the rules it fires when every
+    // such link is tested on its own (stage by stage), without gates, and so again with the
+    // verdicts the thread keeps for headers.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crs");
     let c = Crs::load_dir(&dir, "", "").unwrap();
-    let mut staged = c.clone();
-    for link in staged.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
+    let mut own = c.clone();
+    for link in own.rules.iter_mut().flat_map(|r| r.links.iter_mut()) {
         if link.multi_match {
             link.prefilter = false;
+        }
+        if matches!(link.op, super::Op::DetectSqli | super::Op::DetectXss) {
+            link.prefilter = false;
+            link.slot = None;
         }
     }
     let uris = [
@@ -616,15 +622,32 @@ fn multi_match_links_decide_by_their_group_bits_as_stage_by_stage_tests_do() {
         "/?p=constructor%5Bprototype%5D",
         "/?w=while(true)%7B%7D",
         "/?id=1%27%20or%201=1--",
+        "/?id=1%20union%20select%20password%20from%20users",
+        // SQL seen only once `urlDecodeUni` has decoded it again.
+        "/?id=1%2527%2520or%25201=1--",
+        "/?x=%3Cscript%3Ealert(1)%3C/script%3E",
+        "/?x=%3Cimg%20src=x%20onerror=alert(1)%3E",
     ];
-    let mut fired = std::collections::BTreeSet::new();
-    for uri in uris {
-        let ex = get(uri);
-        let grouped = c.evaluate_request(&ex, "127.0.0.1");
-        assert_eq!(grouped, without_prelude(&staged, &ex), "{uri}");
-        fired.extend(grouped.matches.iter().map(|m| m.id));
+    let headers = [
+        ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("User-Agent", "1' or '1'='1' --"),
+        ("Referer", "http://example.com/<script>alert(1)</script>"),
+        ("Cookie", "session=1' union select 1,2--"),
+    ];
+    let mut exchanges: Vec<(String, Exchange)> =
+        uris.iter().map(|u| ((*u).to_owned(), get(u))).collect();
+    for (name, value) in headers {
+        exchanges.push((format!("{name}: {value}"), get_with("/", name, value)));
     }
-    for id in [930110, 934100, 934130] {
+    let mut fired = std::collections::BTreeSet::new();
+    for round in 0..2 {
+        for (what, ex) in &exchanges {
+            let grouped = c.evaluate_request(ex, "127.0.0.1");
+            assert_eq!(grouped, without_prelude(&own, ex), "round {round}: {what}");
+            fired.extend(grouped.matches.iter().map(|m| m.id));
+        }
+    }
+    for id in [930110, 934100, 934130, 941100, 942100] {
         assert!(fired.contains(&id), "{id} never fired: {fired:?}");
     }
 }
