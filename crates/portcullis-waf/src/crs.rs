@@ -1516,21 +1516,11 @@ const DFA_PHRASES_NFA_LIMIT: usize = 128 * 1024;
 /// once for all of them (CRS's phrase files are read by rules over the same arguments), and
 /// a link's verdict is its bit. Links with `multiMatch` keep their own search.
 fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
-    // Per bundle key: the (rule, link) places.
-    let mut bundles: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
-    for (r, rule) in rules.iter().enumerate() {
-        for (l, link) in rule.links.iter().enumerate() {
-            if link.phrases.is_none() || link.multi_match || link.slot.is_some() {
-                continue;
-            }
-            let key = bundle_key(rule, link);
-            match bundles.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, places)) => places.push((r, l)),
-                None => bundles.push((key.clone(), vec![(r, l)])),
-            }
-        }
-    }
-    for (_, places) in bundles {
+    let bundles = link_bundles(rules, |rule, link| {
+        let own = link.phrases.is_none() || link.multi_match || link.slot.is_some();
+        (!own).then(|| bundle_key(rule, link))
+    });
+    for places in bundles {
         for chunk in places.chunks(GROUP_SIZE) {
             let links: Vec<&Link> = chunk
                 .iter()
@@ -1626,29 +1616,42 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
     }
 }
 
-/// Gathers the `@detectSQLi` and `@detectXSS` links into groups as [`build_groups`] does the
-/// `@rx` ones (by operator and by the collections their rules read): a value is run through
-/// libinjection once per distinct transformed value, however many links read it, and the
-/// verdicts on the values the thread's value cache keeps (headers, cookies, names) are kept
-/// across transactions like any group's.
-fn build_detect_groups(rules: &mut [CRule], groups: &mut Vec<Group>, raw: Option<u32>) {
-    // Per bundle key: the (rule, link) places.
+/// The (rule, link) places of the links `key` gives a bundle key, by key in order of first
+/// appearance.
+fn link_bundles(
+    rules: &[CRule],
+    key: impl Fn(&CRule, &Link) -> Option<String>,
+) -> Vec<Vec<(usize, usize)>> {
     let mut bundles: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
     for (r, rule) in rules.iter().enumerate() {
         for (l, link) in rule.links.iter().enumerate() {
-            let kind = match link.op {
-                Op::DetectSqli => "sqli",
-                Op::DetectXss => "xss",
-                _ => continue,
+            let Some(key) = key(rule, link) else {
+                continue;
             };
-            let key = format!("{kind}|{}", bundle_key(rule, link));
             match bundles.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, places)) => places.push((r, l)),
                 None => bundles.push((key, vec![(r, l)])),
             }
         }
     }
-    for (_, places) in bundles {
+    bundles.into_iter().map(|(_, places)| places).collect()
+}
+
+/// Gathers the `@detectSQLi` and `@detectXSS` links into groups as [`build_groups`] does the
+/// `@rx` ones (by operator and by the collections their rules read): a value is run through
+/// libinjection once per distinct transformed value, however many links read it, and the
+/// verdicts on the values the thread's value cache keeps (headers, cookies, names) are kept
+/// across transactions like any group's.
+fn build_detect_groups(rules: &mut [CRule], groups: &mut Vec<Group>, raw: Option<u32>) {
+    let bundles = link_bundles(rules, |rule, link| {
+        let kind = match link.op {
+            Op::DetectSqli => "sqli",
+            Op::DetectXss => "xss",
+            _ => return None,
+        };
+        Some(format!("{kind}|{}", bundle_key(rule, link)))
+    });
+    for places in bundles {
         for chunk in places.chunks(GROUP_SIZE) {
             let links: Vec<&Link> = chunk
                 .iter()
