@@ -203,6 +203,10 @@ struct Memo {
     masks: Vec<u32>,
     /// Per (collection, group): [`DONE`] and the union of the masks of its items.
     unions: Vec<u32>,
+    /// Per group: the collections (gate bits) its gates last asked about, and [`DONE`] with
+    /// the union of their unions: the rules of a group read the same collections, so each
+    /// gate after the first is one lookup.
+    gate_unions: Vec<(u64, u32)>,
     pipelines: usize,
     groups: usize,
     set: regex_automata::PatternSet,
@@ -367,6 +371,7 @@ impl Memo {
             rows: Vec::new(),
             masks: Vec::new(),
             unions: Vec::new(),
+            gate_unions: Vec::new(),
             pipelines: 0,
             groups: 0,
             set: regex_automata::PatternSet::new(super::GROUP_SIZE),
@@ -382,6 +387,7 @@ impl Memo {
         self.arena.capacity()
             + self.spans.capacity() * std::mem::size_of::<(u32, u32)>()
             + (self.rows.capacity() + self.masks.capacity() + self.unions.capacity()) * 4
+            + self.gate_unions.capacity() * std::mem::size_of::<(u64, u32)>()
             + (self.raw_bytes.capacity() + self.collection_bytes.capacity())
                 * std::mem::size_of::<Option<ByteSet>>()
             + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
@@ -401,6 +407,8 @@ impl Memo {
         memo.rows.clear();
         memo.rows.resize(keys, NO_ROW);
         memo.unions.clear();
+        memo.gate_unions.clear();
+        memo.gate_unions.resize(groups, (0, 0));
         memo.pipelines = pipelines;
         memo.groups = groups;
         memo.set.clear();
@@ -1428,18 +1436,28 @@ impl Transaction<'_> {
     /// Whether an item of the collections of `reads` ([`gate::bit`]) has `bit` in the
     /// search of `group`.
     fn group_may_match(&self, reads: u64, group: u32, bit: u16) -> bool {
-        let mut left = reads & self.filled & !gate::XML;
+        let reads = reads & self.filled & !gate::XML;
+        let cached = self.memo.borrow().gate_unions.get(group as usize).copied();
+        if let Some((of, union)) = cached
+            && of == reads
+            && union & DONE != 0
+        {
+            return union & u32::from(bit) != 0;
+        }
+        let mut union = DONE;
+        let mut left = reads;
         while left != 0 {
             let at = left.trailing_zeros();
             left &= left - 1;
             let Some(Some(c)) = self.crs.by_bit.get(at as usize) else {
                 return true;
             };
-            if self.union(*c, group) & u32::from(bit) != 0 {
-                return true;
-            }
+            union |= self.union(*c, group);
         }
-        false
+        if let Some(slot) = self.memo.borrow_mut().gate_unions.get_mut(group as usize) {
+            *slot = (reads, union);
+        }
+        union & u32::from(bit) != 0
     }
 
     /// The union of the group masks of every item of collection `c`, kept for the

@@ -212,10 +212,10 @@ pub(crate) fn gates(crs: &Crs) -> ([Vec<Gate>; 5], Vec<MatchedVars>) {
                     }
                     _ => {}
                 }
-                // (Exclusions only remove items: a union over all of them is a superset.)
-                let whole = first.vars.iter().all(|v| matches!(v.select, Select::All));
+                // (Exclusions and named members only narrow a collection: a union over all
+                // its items is a superset, which the link's own test then narrows.)
                 match (reads(first), first.slot) {
-                    (Some(reads), Some((group, bit))) if first.prefilter && whole => {
+                    (Some(reads), Some((group, bit))) if first.prefilter => {
                         Gate::Grouped { reads, group, bit }
                     }
                     (Some(reads), _) => Gate::Reads(reads),
