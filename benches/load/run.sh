@@ -7,7 +7,9 @@
 #   benches/load/run.sh --smoke         # 1 round of 1 s: checks the harness end to end
 #
 # Environment: CRS (default ../shared/crs beside the repository), ROUNDS, DURATION (s),
-# CONNECTIONS, THREADS (wrk), SERVER_CPU / CLIENT_CPU (the cores the server and the load
+# CONNECTIONS, THREADS (wrk), TIMEOUT (s: wrk counts a request slower than this as failed, and
+# a run with failed requests is left out; NGINX + ModSecurity + CRS answers some POSTs in over
+# wrk's default 2 s when saturated), SERVER_CPU / CLIENT_CPU (the cores the server and the load
 # generator are pinned to; the upstream shares the load generator's core), OUT (where the
 # results go; default a temporary directory).
 set -euo pipefail
@@ -18,6 +20,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
+TIMEOUT=${TIMEOUT:-10}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 WARMUP=2
@@ -227,13 +230,13 @@ drive() { # port, kind, seconds, output file
         script=(-s "$WORK/post.lua")
         url="http://127.0.0.1:$port/v1/chat/completions"
     fi
-    taskset -c "$CLIENT_CPU" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${secs}s" --latency \
+    taskset -c "$CLIENT_CPU" wrk -t "$THREADS" -c "$CONNECTIONS" -d "${secs}s" --timeout "${TIMEOUT}s" --latency \
         "${script[@]}" "${HEADERS[@]}" "$url" >"$out"
 }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" | tee "$OUT/machine.txt"
 echo "nginx $(nginx -v 2>&1 | cut -d/ -f2), wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'), CRS $(basename "$(cat "$CRS/VERSION" 2>/dev/null || echo v4)")" | tee -a "$OUT/machine.txt"
-echo "rounds $ROUNDS x ${DURATION}s, $CONNECTIONS connections, server on CPU $SERVER_CPU, wrk and upstream on CPU $CLIENT_CPU" | tee -a "$OUT/machine.txt"
+echo "rounds $ROUNDS x ${DURATION}s, $CONNECTIONS connections, ${TIMEOUT}s timeout, server on CPU $SERVER_CPU, wrk and upstream on CPU $CLIENT_CPU" | tee -a "$OUT/machine.txt"
 
 for cfg in "${CONFIGS[@]}"; do # every configuration serves the requests correctly first
     port=$(free_port)
