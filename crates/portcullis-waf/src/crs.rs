@@ -1315,23 +1315,27 @@ fn bundle_key(rule: &CRule, link: &Link) -> String {
 /// A pattern of a group, with the pipelines whose values it reads.
 type Pattern = (String, Vec<u32>);
 
+/// For a `multiMatch` link whose stages are all pipelines: the raw value's pipeline
+/// (`raw`), which its pattern reads with the stages'.
+fn multi_stage_raw(link: &Link, raw: Option<u32>) -> Option<u32> {
+    raw.filter(|_| link.multi_match && link.stages.len() == link.transforms.len())
+}
+
 /// The pipelines whose values a link's pattern reads in its group: its own, or for
-/// `multiMatch` the raw value's (`raw`) and each of its stages'.
+/// `multiMatch` the raw value's and each of its stages'.
 fn reads_of(link: &Link, raw: Option<u32>) -> Vec<u32> {
-    match raw {
-        Some(raw) if link.multi_match && link.stages.len() == link.transforms.len() => {
-            std::iter::once(raw)
-                .chain(link.stages.iter().copied())
-                .collect()
-        }
-        _ => vec![link.pipeline],
+    match multi_stage_raw(link, raw) {
+        Some(raw) => std::iter::once(raw)
+            .chain(link.stages.iter().copied())
+            .collect(),
+        None => vec![link.pipeline],
     }
 }
 
 /// Whether a link's group bit decides it: always, but for a `multiMatch` link whose stages
 /// are not all pipelines (its bit then reads only its final value).
 fn bit_decides(link: &Link, raw: Option<u32>) -> bool {
-    !link.multi_match || (raw.is_some() && link.stages.len() == link.transforms.len())
+    !link.multi_match || multi_stage_raw(link, raw).is_some()
 }
 
 /// Gathers the `@rx` links into multi-pattern searches of [`GROUP_SIZE`] patterns, by the
@@ -1516,97 +1520,91 @@ const DFA_PHRASES_NFA_LIMIT: usize = 128 * 1024;
 /// once for all of them (CRS's phrase files are read by rules over the same arguments), and
 /// a link's verdict is its bit. Links with `multiMatch` keep their own search.
 fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
-    let bundles = link_bundles(rules, |rule, link| {
+    let chunks = link_chunks(rules, |rule, link| {
         let own = link.phrases.is_none() || link.multi_match || link.slot.is_some();
         (!own).then(|| bundle_key(rule, link))
     });
-    for places in bundles {
-        for chunk in places.chunks(GROUP_SIZE) {
-            let links: Vec<&Link> = chunk
-                .iter()
-                .filter_map(|&(r, l)| rules.get(r)?.links.get(l))
-                .collect();
-            // Each distinct phrase (without ASCII case) once, with the bits of its links.
-            let mut phrases: Vec<Vec<u8>> = Vec::new();
-            let mut bits: Vec<u32> = Vec::new();
-            let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
-            for (i, link) in links.iter().enumerate() {
-                for phrase in link.phrases.iter().flat_map(|p| p.iter()) {
-                    let folded = phrase.as_bytes().to_ascii_lowercase();
-                    if folded.is_empty() {
-                        continue;
-                    }
-                    let at = *index.entry(folded.clone()).or_insert_with(|| {
-                        phrases.push(folded);
-                        bits.push(0);
-                        bits.len() - 1
-                    });
-                    if let Some(b) = bits.get_mut(at) {
-                        *b |= 1 << i;
-                    }
+    for chunk in &chunks {
+        let links = links_at(rules, chunk);
+        // Each distinct phrase (without ASCII case) once, with the bits of its links.
+        let mut phrases: Vec<Vec<u8>> = Vec::new();
+        let mut bits: Vec<u32> = Vec::new();
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (i, link) in links.iter().enumerate() {
+            for phrase in link.phrases.iter().flat_map(|p| p.iter()) {
+                let folded = phrase.as_bytes().to_ascii_lowercase();
+                if folded.is_empty() {
+                    continue;
                 }
-            }
-            let build = |kind| {
-                aho_corasick::AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .match_kind(aho_corasick::MatchKind::Standard)
-                    .kind(kind)
-                    .build(&phrases)
-            };
-            let Ok(mut automaton) = build(None) else {
-                // (Too large for an automaton: the links keep their own searches.)
-                continue;
-            };
-            // A mid-sized set (a few hundred phrases) is searched about twice as fast
-            // by a DFA, at 15 to 20 times the memory; larger sets keep the NFA.
-            if automaton.kind() != aho_corasick::AhoCorasickKind::DFA
-                && automaton.memory_usage() <= DFA_PHRASES_NFA_LIMIT
-                && let Ok(dfa) = build(Some(aho_corasick::AhoCorasickKind::DFA))
-            {
-                automaton = dfa;
-            }
-            let Ok(at) = u32::try_from(groups.len()) else {
-                continue;
-            };
-            let members =
-                GroupMember::by_pipeline(links.iter().map(|l| std::slice::from_ref(&l.pipeline)));
-            let solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)> = links
-                .iter()
-                .map(|link| {
-                    let own = match &link.op {
-                        Op::Static(Operator::Pm(re)) => Some(Arc::clone(re)),
-                        _ => None,
-                    };
-                    (link.screen, own)
-                })
-                .collect();
-            let needs = solo
-                .iter()
-                .try_fold(needs::ByteSet::default(), |acc, (n, _)| {
-                    Some(acc.union((*n)?))
+                let at = *index.entry(folded.clone()).or_insert_with(|| {
+                    phrases.push(folded);
+                    bits.push(0);
+                    bits.len() - 1
                 });
-            let solo_screens = links
-                .iter()
-                .map(|link| {
-                    let phrases = link.phrases.as_ref()?;
-                    needs::FactorScreen::of_phrases(phrases.iter().map(String::as_str))
-                        .map(Arc::new)
-                })
-                .collect();
-            groups.push(Group {
-                search: Search::Phrases { automaton, bits },
-                single: false,
-                solo_screens,
-                members,
-                screen: None,
-                needs,
-                solo,
-            });
-            for (i, &(r, l)) in chunk.iter().enumerate() {
-                if let Some(link) = rules.get_mut(r).and_then(|rule| rule.links.get_mut(l)) {
-                    link.slot = Some((at, 1 << i));
-                    link.prefilter = !link.negated;
+                if let Some(b) = bits.get_mut(at) {
+                    *b |= 1 << i;
                 }
+            }
+        }
+        let build = |kind| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(aho_corasick::MatchKind::Standard)
+                .kind(kind)
+                .build(&phrases)
+        };
+        let Ok(mut automaton) = build(None) else {
+            // (Too large for an automaton: the links keep their own searches.)
+            continue;
+        };
+        // A mid-sized set (a few hundred phrases) is searched about twice as fast
+        // by a DFA, at 15 to 20 times the memory; larger sets keep the NFA.
+        if automaton.kind() != aho_corasick::AhoCorasickKind::DFA
+            && automaton.memory_usage() <= DFA_PHRASES_NFA_LIMIT
+            && let Ok(dfa) = build(Some(aho_corasick::AhoCorasickKind::DFA))
+        {
+            automaton = dfa;
+        }
+        let Ok(at) = u32::try_from(groups.len()) else {
+            continue;
+        };
+        let members =
+            GroupMember::by_pipeline(links.iter().map(|l| std::slice::from_ref(&l.pipeline)));
+        let solo: Vec<(Option<needs::ByteSet>, Option<Arc<Regex>>)> = links
+            .iter()
+            .map(|link| {
+                let own = match &link.op {
+                    Op::Static(Operator::Pm(re)) => Some(Arc::clone(re)),
+                    _ => None,
+                };
+                (link.screen, own)
+            })
+            .collect();
+        let needs = solo
+            .iter()
+            .try_fold(needs::ByteSet::default(), |acc, (n, _)| {
+                Some(acc.union((*n)?))
+            });
+        let solo_screens = links
+            .iter()
+            .map(|link| {
+                let phrases = link.phrases.as_ref()?;
+                needs::FactorScreen::of_phrases(phrases.iter().map(String::as_str)).map(Arc::new)
+            })
+            .collect();
+        groups.push(Group {
+            search: Search::Phrases { automaton, bits },
+            single: false,
+            solo_screens,
+            members,
+            screen: None,
+            needs,
+            solo,
+        });
+        for (i, &(r, l)) in chunk.iter().enumerate() {
+            if let Some(link) = rules.get_mut(r).and_then(|rule| rule.links.get_mut(l)) {
+                link.slot = Some((at, 1 << i));
+                link.prefilter = !link.negated;
             }
         }
     }
@@ -1617,8 +1615,8 @@ fn build_phrase_groups(rules: &mut [CRule], groups: &mut Vec<Group>) {
 }
 
 /// The (rule, link) places of the links `key` gives a bundle key, by key in order of first
-/// appearance.
-fn link_bundles(
+/// appearance, in chunks of [`GROUP_SIZE`] (a group each).
+fn link_chunks(
     rules: &[CRule],
     key: impl Fn(&CRule, &Link) -> Option<String>,
 ) -> Vec<Vec<(usize, usize)>> {
@@ -1634,7 +1632,18 @@ fn link_bundles(
             }
         }
     }
-    bundles.into_iter().map(|(_, places)| places).collect()
+    bundles
+        .iter()
+        .flat_map(|(_, places)| places.chunks(GROUP_SIZE).map(<[_]>::to_vec))
+        .collect()
+}
+
+/// The links at `places`.
+fn links_at<'r>(rules: &'r [CRule], places: &[(usize, usize)]) -> Vec<&'r Link> {
+    places
+        .iter()
+        .filter_map(|&(r, l)| rules.get(r)?.links.get(l))
+        .collect()
 }
 
 /// Gathers the `@detectSQLi` and `@detectXSS` links into groups as [`build_groups`] does the
@@ -1643,7 +1652,7 @@ fn link_bundles(
 /// verdicts on the values the thread's value cache keeps (headers, cookies, names) are kept
 /// across transactions like any group's.
 fn build_detect_groups(rules: &mut [CRule], groups: &mut Vec<Group>, raw: Option<u32>) {
-    let bundles = link_bundles(rules, |rule, link| {
+    let chunks = link_chunks(rules, |rule, link| {
         let kind = match link.op {
             Op::DetectSqli => "sqli",
             Op::DetectXss => "xss",
@@ -1651,35 +1660,30 @@ fn build_detect_groups(rules: &mut [CRule], groups: &mut Vec<Group>, raw: Option
         };
         Some(format!("{kind}|{}", bundle_key(rule, link)))
     });
-    for places in bundles {
-        for chunk in places.chunks(GROUP_SIZE) {
-            let links: Vec<&Link> = chunk
-                .iter()
-                .filter_map(|&(r, l)| rules.get(r)?.links.get(l))
-                .collect();
-            let detector = match links.first().map(|l| &l.op) {
-                Some(Op::DetectSqli) => Detector::Sqli,
-                Some(Op::DetectXss) => Detector::Xss,
-                _ => continue,
-            };
-            let Ok(at) = u32::try_from(groups.len()) else {
-                continue;
-            };
-            let reads: Vec<Vec<u32>> = links.iter().map(|l| reads_of(l, raw)).collect();
-            groups.push(Group {
-                search: Search::Detect(detector),
-                single: false,
-                solo_screens: vec![None; links.len()],
-                members: GroupMember::by_pipeline(reads.iter().map(Vec::as_slice)),
-                screen: None,
-                needs: None,
-                solo: vec![(None, None); links.len()],
-            });
-            for (i, &(r, l)) in chunk.iter().enumerate() {
-                if let Some(link) = rules.get_mut(r).and_then(|rule| rule.links.get_mut(l)) {
-                    link.slot = Some((at, 1 << i));
-                    link.prefilter = !link.negated && bit_decides(link, raw);
-                }
+    for chunk in &chunks {
+        let links = links_at(rules, chunk);
+        let detector = match links.first().map(|l| &l.op) {
+            Some(Op::DetectSqli) => Detector::Sqli,
+            Some(Op::DetectXss) => Detector::Xss,
+            _ => continue,
+        };
+        let Ok(at) = u32::try_from(groups.len()) else {
+            continue;
+        };
+        let reads: Vec<Vec<u32>> = links.iter().map(|l| reads_of(l, raw)).collect();
+        groups.push(Group {
+            search: Search::Detect(detector),
+            single: false,
+            solo_screens: vec![None; links.len()],
+            members: GroupMember::by_pipeline(reads.iter().map(Vec::as_slice)),
+            screen: None,
+            needs: None,
+            solo: vec![(None, None); links.len()],
+        });
+        for (i, &(r, l)) in chunk.iter().enumerate() {
+            if let Some(link) = rules.get_mut(r).and_then(|rule| rule.links.get_mut(l)) {
+                link.slot = Some((at, 1 << i));
+                link.prefilter = !link.negated && bit_decides(link, raw);
             }
         }
     }
