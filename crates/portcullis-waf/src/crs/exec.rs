@@ -11,7 +11,7 @@ use super::needs::ByteSet;
 use super::{CRule, Crs, Ctl, Disruptive, EngineMode, Link, Op, Select, SetVar, Source, Step, Var};
 use crate::operator::Operator;
 use crate::request::Exchange;
-use crate::transform::apply_all;
+use crate::transform::{Transform, apply_all};
 use crate::variable::Collection;
 
 /// The hasher of the transaction's maps (`TX` names, value spans): SipHash costs more than
@@ -216,12 +216,24 @@ struct Memo {
     collection_bytes: Vec<Option<ByteSet>>,
     /// Per transformed value, by its span in `arena`: its bytes, once computed.
     arena_bytes: HashMap<(u32, u32), ByteSet, TxHash>,
+    /// Per long value (a key and its span) and transformation: the span of the result.
+    /// Pipelines that differ only in steps that leave a value as it is end in the same
+    /// transformation of the same value, which is then worked out once.
+    applied: Vec<Applied>,
     /// Per key, for the thread's [`ValueCache`]: [`UNCACHED`] for an item it does not keep,
     /// else [`UNSEEN`], [`SEEN`] once the cached masks are in the item's row, or [`DIRTY`]
     /// once the transaction has worked out a mask the cache lacks. Empty when the rule set
     /// keeps none.
     cache_state: Vec<u8>,
 }
+
+/// A transformation of a long value, in [`Memo::applied`]: the item's key, the span of the
+/// value transformed, the transformation, the span of the result.
+type Applied = (u32, (u32, u32), Transform, (u32, u32));
+
+/// The shortest value whose transformations [`Memo::applied`] keeps: a shorter one is
+/// transformed again sooner than looked up.
+const APPLIED_MIN: usize = 64;
 
 const UNCACHED: u8 = 0;
 const UNSEEN: u8 = 1;
@@ -378,6 +390,7 @@ impl Memo {
             raw_bytes: Vec::new(),
             collection_bytes: Vec::new(),
             arena_bytes: HashMap::with_hasher(TxHash::default()),
+            applied: Vec::new(),
             cache_state: Vec::new(),
         }
     }
@@ -391,6 +404,7 @@ impl Memo {
             + (self.raw_bytes.capacity() + self.collection_bytes.capacity())
                 * std::mem::size_of::<Option<ByteSet>>()
             + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
+            + self.applied.capacity() * std::mem::size_of::<Applied>()
             + self.cache_state.capacity()
     }
 
@@ -416,6 +430,7 @@ impl Memo {
         memo.raw_bytes.resize(keys, None);
         memo.collection_bytes.clear();
         memo.arena_bytes.clear();
+        memo.applied.clear();
         memo.cache_state.clear();
         if crs.value_cache > 0 {
             memo.cache_state.resize(keys, UNCACHED);
@@ -577,6 +592,8 @@ impl Memo {
         let parent = crs.parents.get(pipeline as usize).copied().flatten();
         let (base, last) = match (parent, transforms.split_last()) {
             (Some(parent), Some((last, _))) => (self.span(crs, key, parent, raw), Some(last)),
+            // (A pipeline of one transformation: the raw value through it.)
+            (None, Some((last, []))) => (SAME, Some(last)),
             _ => (SAME, None),
         };
         // When the next-to-last transformation left the value as it was, the value is the
@@ -593,6 +610,19 @@ impl Memo {
                 }
                 return span;
             }
+        }
+        // A long value's transformation is looked up first: another pipeline may have made it.
+        let long = last.is_some() && spanned(&self.arena, base, raw).len() >= APPLIED_MIN;
+        if let (true, Some(&t)) = (long, last)
+            && let Some(&(.., span)) = self
+                .applied
+                .iter()
+                .find(|&&(k, b, u, _)| k == key && b == base && u == t)
+        {
+            if let Some(slot) = self.spans.get_mut(at) {
+                *slot = span;
+            }
+            return span;
         }
         let changed = match last {
             Some(t) => {
@@ -624,6 +654,9 @@ impl Memo {
                 }
             }
         };
+        if let (true, Some(&t)) = (long, last) {
+            self.applied.push((key, base, t, span));
+        }
         if let Some(slot) = self.spans.get_mut(at) {
             *slot = span;
         }

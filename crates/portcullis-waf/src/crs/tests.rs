@@ -407,6 +407,33 @@ SecRule ARGS "@rx ^a b$" "id:4,phase:2,pass,log,t:none,t:urlDecodeUni,t:lowercas
 }
 
 #[test]
+fn a_long_value_shares_a_last_step_only_with_pipelines_that_give_it_the_same_input() {
+    // Four pipelines end in `lowercase`; the steps before it decode differently, or not at
+    // all. Values of 64 bytes and more have their last steps looked up, not run again.
+    let crs = crs(r#"
+SecRule ARGS "@rx <b>x</b>$" "id:1,phase:2,pass,log,t:none,t:urlDecodeUni,t:lowercase"
+SecRule ARGS "@rx &lt;b&gt;x&lt;/b&gt;$" "id:2,phase:2,pass,log,t:none,t:lowercase"
+SecRule ARGS "@rx <b>x</b>$" "id:3,phase:2,pass,log,t:none,t:htmlEntityDecode,t:lowercase"
+SecRule ARGS "@rx %3cb%3ex%3c/b%3e$" "id:4,phase:2,pass,log,t:none,t:compressWhitespace,t:lowercase"
+"#);
+    let pad = "W".repeat(80);
+    // Only `htmlEntityDecode` decodes the entities; the others leave the value as it was,
+    // so their `lowercase` is one step on the raw value.
+    assert_eq!(
+        ids(&crs, &format!("/?q={pad}%26LT;B%26GT;X%26LT;/B%26GT;")),
+        vec![2, 3]
+    );
+    // Only `urlDecodeUni` decodes "%3C"; `lowercase` of the raw value keeps it.
+    assert_eq!(
+        ids(&crs, &format!("/?q={pad}%253CB%253EX%253C/B%253E")),
+        vec![1, 4]
+    );
+    // Short values are run step by step: the same answers.
+    assert_eq!(ids(&crs, "/?q=%26LT;B%26GT;X%26LT;/B%26GT;"), vec![2, 3]);
+    assert_eq!(ids(&crs, "/?q=%253CB%253EX%253C/B%253E"), vec![1, 4]);
+}
+
+#[test]
 fn key_regex_literals_are_needed_by_every_match() {
     use super::name_literal;
     let lit = |src: &str| name_literal(src).map(|l| (l.anchored, l.text.to_vec()));
