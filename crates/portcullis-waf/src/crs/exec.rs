@@ -219,7 +219,7 @@ struct Memo {
     /// Per long value (a key and its span) and transformation: the span of the result.
     /// Pipelines that differ only in steps that leave a value as it is end in the same
     /// transformation of the same value, which is then worked out once.
-    applied: Vec<Applied>,
+    applied: HashMap<Applied, (u32, u32), TxHash>,
     /// Per key, for the thread's [`ValueCache`]: [`UNCACHED`] for an item it does not keep,
     /// else [`UNSEEN`], [`SEEN`] once the cached masks are in the item's row, or [`DIRTY`]
     /// once the transaction has worked out a mask the cache lacks. Empty when the rule set
@@ -228,8 +228,8 @@ struct Memo {
 }
 
 /// A transformation of a long value, in [`Memo::applied`]: the item's key, the span of the
-/// value transformed, the transformation, the span of the result.
-type Applied = (u32, (u32, u32), Transform, (u32, u32));
+/// value transformed, the transformation.
+type Applied = (u32, (u32, u32), Transform);
 
 /// The shortest value whose transformations [`Memo::applied`] keeps: a shorter one is
 /// transformed again sooner than looked up.
@@ -390,7 +390,7 @@ impl Memo {
             raw_bytes: Vec::new(),
             collection_bytes: Vec::new(),
             arena_bytes: HashMap::with_hasher(TxHash::default()),
-            applied: Vec::new(),
+            applied: HashMap::with_hasher(TxHash::default()),
             cache_state: Vec::new(),
         }
     }
@@ -404,7 +404,7 @@ impl Memo {
             + (self.raw_bytes.capacity() + self.collection_bytes.capacity())
                 * std::mem::size_of::<Option<ByteSet>>()
             + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
-            + self.applied.capacity() * std::mem::size_of::<Applied>()
+            + self.applied.capacity() * std::mem::size_of::<(Applied, (u32, u32))>()
             + self.cache_state.capacity()
     }
 
@@ -614,10 +614,7 @@ impl Memo {
         // A long value's transformation is looked up first: another pipeline may have made it.
         let long = last.is_some() && spanned(&self.arena, base, raw).len() >= APPLIED_MIN;
         if let (true, Some(&t)) = (long, last)
-            && let Some(&(.., span)) = self
-                .applied
-                .iter()
-                .find(|&&(k, b, u, _)| k == key && b == base && u == t)
+            && let Some(&span) = self.applied.get(&(key, base, t))
         {
             if let Some(slot) = self.spans.get_mut(at) {
                 *slot = span;
@@ -655,7 +652,7 @@ impl Memo {
             }
         };
         if let (true, Some(&t)) = (long, last) {
-            self.applied.push((key, base, t, span));
+            self.applied.insert((key, base, t), span);
         }
         if let Some(slot) = self.spans.get_mut(at) {
             *slot = span;
