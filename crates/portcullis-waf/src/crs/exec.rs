@@ -605,10 +605,7 @@ impl Memo {
             };
             if before == base {
                 let span = self.span(crs, key, *skip, raw);
-                if let Some(slot) = self.spans.get_mut(at) {
-                    *slot = span;
-                }
-                return span;
+                return self.keep_span(at, span);
             }
         }
         // A long value's transformation is looked up first: another pipeline may have made it.
@@ -616,10 +613,7 @@ impl Memo {
         if let (true, Some(&t)) = (long, last)
             && let Some(&span) = self.applied.get(&(key, base, t))
         {
-            if let Some(slot) = self.spans.get_mut(at) {
-                *slot = span;
-            }
-            return span;
+            return self.keep_span(at, span);
         }
         let changed = match last {
             Some(t) => {
@@ -654,6 +648,11 @@ impl Memo {
         if let (true, Some(&t)) = (long, last) {
             self.applied.insert((key, base, t), span);
         }
+        self.keep_span(at, span)
+    }
+
+    /// Keeps `span` in slot `at` of `spans`, and returns it.
+    fn keep_span(&mut self, at: usize, span: (u32, u32)) -> (u32, u32) {
         if let Some(slot) = self.spans.get_mut(at) {
             *slot = span;
         }
