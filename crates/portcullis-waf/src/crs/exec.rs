@@ -203,6 +203,9 @@ struct Memo {
     masks: Vec<u32>,
     /// Per (collection, group): [`DONE`] and the union of the masks of its items.
     unions: Vec<u32>,
+    /// The slots of `unions` set by this transaction: the next one zeroes those alone (the
+    /// table is zero elsewhere), not the whole table.
+    unions_set: Vec<u32>,
     /// Per group: the collections (gate bits) its gates last asked about, and [`DONE`] with
     /// the union of their unions: the rules of a group read the same collections, so each
     /// gate after the first is one lookup.
@@ -225,6 +228,58 @@ struct Memo {
     /// once the transaction has worked out a mask the cache lacks. Empty when the rule set
     /// keeps none.
     cache_state: Vec<u8>,
+    /// Matched variables' buffers, handed back when `MATCHED_VARS` moves on, for the next
+    /// matches to fill: a match costs a copy, not an allocation.
+    spare: Spare,
+}
+
+/// Buffers of matched variables: names, values and a list of matches (at most
+/// [`SPARE_MAX`] names and values, each of at most [`SPARE_BYTES`]).
+#[derive(Default)]
+struct Spare {
+    names: Vec<String>,
+    values: Vec<Vec<u8>>,
+    matched: Vec<Matched>,
+}
+
+/// A value a link matched, before its actions run: the variable's name, the value, and
+/// the captures when the link keeps them.
+type Matched = (String, Vec<u8>, Option<Groups>);
+
+/// The most buffers of each kind [`Spare`] keeps.
+const SPARE_MAX: usize = 64;
+/// The largest buffer [`Spare`] keeps, in bytes.
+const SPARE_BYTES: usize = 4096;
+
+impl Spare {
+    fn name(&mut self) -> String {
+        let mut name = self.names.pop().unwrap_or_default();
+        name.clear();
+        name
+    }
+
+    /// A buffer holding a copy of `value`.
+    fn value(&mut self, value: &[u8]) -> Vec<u8> {
+        let mut v = self.values.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(value);
+        v
+    }
+
+    fn keep(&mut self, name: String, value: Vec<u8>) {
+        if self.names.len() < SPARE_MAX && name.capacity() <= SPARE_BYTES {
+            self.names.push(name);
+        }
+        if self.values.len() < SPARE_MAX && value.capacity() <= SPARE_BYTES {
+            self.values.push(value);
+        }
+    }
+
+    fn retained_bytes(&self) -> usize {
+        self.names.iter().map(String::capacity).sum::<usize>()
+            + self.values.iter().map(Vec::capacity).sum::<usize>()
+            + self.matched.capacity() * std::mem::size_of::<Matched>()
+    }
 }
 
 /// A transformation of a long value, in [`Memo::applied`]: the item's key, the span of the
@@ -383,6 +438,7 @@ impl Memo {
             rows: Vec::new(),
             masks: Vec::new(),
             unions: Vec::new(),
+            unions_set: Vec::new(),
             gate_unions: Vec::new(),
             pipelines: 0,
             groups: 0,
@@ -392,6 +448,7 @@ impl Memo {
             arena_bytes: HashMap::with_hasher(TxHash::default()),
             applied: HashMap::with_hasher(TxHash::default()),
             cache_state: Vec::new(),
+            spare: Spare::default(),
         }
     }
 
@@ -399,13 +456,18 @@ impl Memo {
     fn retained_bytes(&self) -> usize {
         self.arena.capacity()
             + self.spans.capacity() * std::mem::size_of::<(u32, u32)>()
-            + (self.rows.capacity() + self.masks.capacity() + self.unions.capacity()) * 4
+            + (self.rows.capacity()
+                + self.masks.capacity()
+                + self.unions.capacity()
+                + self.unions_set.capacity())
+                * 4
             + self.gate_unions.capacity() * std::mem::size_of::<(u64, u32)>()
             + (self.raw_bytes.capacity() + self.collection_bytes.capacity())
                 * std::mem::size_of::<Option<ByteSet>>()
             + self.arena_bytes.capacity() * std::mem::size_of::<((u32, u32), ByteSet)>()
             + self.applied.capacity() * std::mem::size_of::<(Applied, (u32, u32))>()
             + self.cache_state.capacity()
+            + self.spare.retained_bytes()
     }
 
     /// A memo for `ex`, reusing the buffers of the thread's last one.
@@ -420,7 +482,15 @@ impl Memo {
         memo.masks.clear();
         memo.rows.clear();
         memo.rows.resize(keys, NO_ROW);
-        memo.unions.clear();
+        let Memo {
+            unions, unions_set, ..
+        } = &mut memo;
+        for &at in unions_set.iter() {
+            if let Some(slot) = unions.get_mut(at as usize) {
+                *slot = 0;
+            }
+        }
+        unions_set.clear();
         memo.gate_unions.clear();
         memo.gate_unions.resize(groups, (0, 0));
         memo.pipelines = pipelines;
@@ -1195,7 +1265,7 @@ impl Transaction<'_> {
         if link.prefilter && !self.may_match(link) {
             return false;
         }
-        let mut matched: Vec<(String, Vec<u8>, Option<Groups>)> = Vec::new();
+        let mut matched = std::mem::take(&mut self.memo.borrow_mut().spare.matched);
         // A macro operator is expanded and built once per evaluation, not once per value,
         // and not at all while its variable holds the value it was built for at load.
         let built;
@@ -1265,8 +1335,9 @@ impl Transaction<'_> {
                         };
                     }
                     // (Copied only for a match: `MATCHED_VAR` is all it is kept for.)
-                    let seen =
-                        (result.0 != link.negated).then(|| memo.value(span, &val.value).to_vec());
+                    let m: &mut Memo = &mut memo;
+                    let seen = (result.0 != link.negated)
+                        .then(|| m.spare.value(spanned(&m.arena, span, &val.value)));
                     (result.0, result.1, seen)
                 } else {
                     let mut value: Cow<'_, [u8]> = Cow::Borrowed(&val.value);
@@ -1286,13 +1357,13 @@ impl Transaction<'_> {
                     (result.0, result.1, seen)
                 }
             } else {
-                let decide = |value: &[u8], grouped: Option<bool>| {
+                let decide = |value: &[u8], grouped: Option<bool>, spare: &mut Spare| {
                     let (hit, caps) = match grouped {
                         Some(false) => (false, None),
                         Some(true) if !link.capture => (true, None),
                         _ => self.test(link, expanded, value),
                     };
-                    let keep = (hit != link.negated).then(|| value.to_vec());
+                    let keep = (hit != link.negated).then(|| spare.value(value));
                     (hit, caps, keep)
                 };
                 match val.key {
@@ -1323,16 +1394,23 @@ impl Transaction<'_> {
                             }
                             _ => None,
                         };
-                        // `decide` only tests the value: it never touches the memo.
-                        decide(memo.value(span, &val.value), grouped)
+                        // `decide` tests the value, and copies it into a spare buffer.
+                        let m: &mut Memo = &mut memo;
+                        decide(spanned(&m.arena, span, &val.value), grouped, &mut m.spare)
                     }
-                    _ if link.transforms.is_empty() => decide(&val.value, None),
-                    _ => decide(&apply_all(&link.transforms, &val.value), None),
+                    _ if link.transforms.is_empty() => {
+                        decide(&val.value, None, &mut self.memo.borrow_mut().spare)
+                    }
+                    _ => decide(
+                        &apply_all(&link.transforms, &val.value),
+                        None,
+                        &mut self.memo.borrow_mut().spare,
+                    ),
                 }
             };
             if hit != link.negated {
                 // (Built by hand: `format!` costs more than the copies.)
-                let mut name = String::with_capacity(val.var.name.len() + val.member.len() + 1);
+                let mut name = self.memo.borrow_mut().spare.name();
                 if val.member.is_empty() {
                     name.push_str(&val.var.name);
                 } else if val.var.count {
@@ -1347,12 +1425,13 @@ impl Transaction<'_> {
             }
         });
         if matched.is_empty() {
+            self.memo.borrow_mut().spare.matched = matched;
             return false;
         }
         // `MATCHED_VARS` grows match by match; `MATCHED_VAR` is the last so far.
-        self.matched_vars.clear();
+        self.recycle_matched();
         self.fixed_vars = None;
-        for (name, value, caps) in matched {
+        for (name, value, caps) in matched.drain(..) {
             if let Some(groups) = caps {
                 for (n, key) in CAPTURE_NAMES.iter().enumerate() {
                     let bit = 1_u16 << n;
@@ -1371,10 +1450,19 @@ impl Transaction<'_> {
                 self.setvar(sv, rule);
             }
         }
+        self.memo.borrow_mut().spare.matched = matched;
         for ctl in &link.ctls {
             self.ctl(ctl);
         }
         true
+    }
+
+    /// Empties `MATCHED_VARS`, keeping its buffers for the next matches.
+    fn recycle_matched(&mut self) {
+        let spare = &mut self.memo.get_mut().spare;
+        for (name, value) in self.matched_vars.drain(..) {
+            spare.keep(name, value);
+        }
     }
 
     /// `MATCHED_VARS`: the variables the last link to match matched.
@@ -1388,13 +1476,16 @@ impl Transaction<'_> {
     /// Runs the actions of `link`, which matched with the values `fixed` (its verdict fixed
     /// at load, see [`Gate::Always`]), as [`Self::eval_link`] runs them.
     fn matched_fixed(&mut self, rule: &CRule, link: &Link, at: u32, fixed: &MatchedVars) {
-        self.matched_vars.clear();
+        self.recycle_matched();
         if link.setvars.is_empty() {
             self.fixed_vars = Some(at);
         } else {
             self.fixed_vars = None;
             for (name, value) in fixed {
-                self.matched_vars.push((name.clone(), value.clone()));
+                let spare = &mut self.memo.get_mut().spare;
+                let mut copy = (spare.name(), spare.value(value));
+                copy.0.push_str(name);
+                self.matched_vars.push(copy);
                 for sv in &link.setvars {
                     self.setvar(sv, rule);
                 }
@@ -1520,8 +1611,10 @@ impl Transaction<'_> {
         if memo.unions.len() <= at {
             memo.unions.resize(at + 1, 0);
         }
-        if let Some(slot) = memo.unions.get_mut(at) {
+        // (Kept only where `Memo::new` will find it to zero it.)
+        if let (Ok(set), Some(slot)) = (u32::try_from(at), memo.unions.get_mut(at)) {
             *slot = union;
+            memo.unions_set.push(set);
         }
         union
     }

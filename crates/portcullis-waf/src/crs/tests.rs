@@ -434,6 +434,38 @@ SecRule ARGS "@rx %3cb%3ex%3c/b%3e$" "id:4,phase:2,pass,log,t:none,t:compressWhi
 }
 
 #[test]
+fn a_transaction_starts_from_none_of_the_last_ones_searches_or_matches() {
+    // One thread's transactions share the memo's buffers: the collection unions of the
+    // group searches and the buffers of matched variables. Neither may carry over.
+    let crs = crs(r#"
+SecRule ARGS "@rx select\s+\w+\s+from" "id:1,phase:2,pass,log"
+SecRule ARGS "@rx <script" "id:2,phase:2,pass,log"
+SecRule ARGS "@rx ^[a-z]+$" "id:3,phase:2,pass,log,msg:'%{MATCHED_VAR_NAME}=%{MATCHED_VAR}'"
+SecRule ARGS_NAMES "@rx ^[a-z]+$" "id:4,phase:2,pass,nolog"
+"#);
+    let msgs = |uri: &str| {
+        crs.evaluate_request(&get(uri), "127.0.0.1")
+            .matches
+            .iter()
+            .filter(|m| m.logged)
+            .map(|m| (m.id, m.msg.clone().unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&crs, "/?q=select+name+from+users"), vec![1]);
+    assert_eq!(ids(&crs, "/?q=a+quiet+afternoon"), Vec::<u32>::new());
+    assert_eq!(ids(&crs, "/?q=%3Cscript%3E"), vec![2]);
+    assert_eq!(ids(&crs, "/?q=select+name+from+users"), vec![1]);
+    // A long matched value and name, whose buffers the next match (rule 4) hands back,
+    // then a short one in those buffers: the message shows the new value alone.
+    let long = "abcdefghijklmnopqrstuvwxyz";
+    assert_eq!(
+        msgs(&format!("/?{long}={long}")),
+        vec![(3, format!("ARGS:{long}={long}"))]
+    );
+    assert_eq!(msgs("/?a=xyz"), vec![(3, "ARGS:a=xyz".to_owned())]);
+}
+
+#[test]
 fn key_regex_literals_are_needed_by_every_match() {
     use super::name_literal;
     let lit = |src: &str| name_literal(src).map(|l| (l.anchored, l.text.to_vec()));
