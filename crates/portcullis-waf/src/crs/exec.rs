@@ -756,9 +756,9 @@ impl Memo {
             && g.screen.is_none_or(|s| raw_bytes.intersects(s))
         {
             // The distinct values, by span, with the bits of the patterns that see each.
-            let mut classes: [((u32, u32), u32); super::GROUP_SIZE] =
-                [((0, 0), 0); super::GROUP_SIZE];
-            let mut count = 0;
+            // (Not zeroed first, as an array would be.)
+            let mut classes: smallvec::SmallVec<[((u32, u32), u32); super::GROUP_SIZE]> =
+                smallvec::SmallVec::new();
             for member in &g.members {
                 if member.screen.is_some_and(|s| !raw_bytes.intersects(s)) {
                     continue;
@@ -768,19 +768,13 @@ impl Memo {
                 let value = spanned(&self.arena, span, raw);
                 let seen = classes
                     .iter_mut()
-                    .take(count)
                     .find(|(s, _)| *s == span || spanned(&self.arena, *s, raw) == value);
                 match seen {
                     Some((_, seen_bits)) => *seen_bits |= bits,
-                    None => {
-                        if let Some(slot) = classes.get_mut(count) {
-                            *slot = (span, bits);
-                            count += 1;
-                        }
-                    }
+                    None => classes.push((span, bits)),
                 }
             }
-            for &(span, bits) in classes.iter().take(count) {
+            for &(span, bits) in &classes {
                 if let super::Search::Detect(detector) = &g.search {
                     if detector.detects(spanned(&self.arena, span, raw)) {
                         mask |= bits;
