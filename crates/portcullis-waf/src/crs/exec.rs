@@ -678,9 +678,11 @@ impl Memo {
                 return self.keep_span(at, span);
             }
         }
-        // A long value's transformation is looked up first: another pipeline may have made it.
-        let long = last.is_some() && spanned(&self.arena, base, raw).len() >= APPLIED_MIN;
-        if let (true, Some(&t)) = (long, last)
+        // A long value's last step (`long`) is looked up first: another pipeline may have made it.
+        let long = last
+            .filter(|_| spanned(&self.arena, base, raw).len() >= APPLIED_MIN)
+            .copied();
+        if let Some(t) = long
             && let Some(&span) = self.applied.get(&(key, base, t))
         {
             return self.keep_span(at, span);
@@ -715,7 +717,7 @@ impl Memo {
                 }
             }
         };
-        if let (true, Some(&t)) = (long, last) {
+        if let Some(t) = long {
             self.applied.insert((key, base, t), span);
         }
         self.keep_span(at, span)
