@@ -295,6 +295,9 @@ pub(crate) struct Link {
     /// The link's pattern in the multi-pattern groups: (group, bit of the pattern in the
     /// group's match mask).
     pub(crate) slot: Option<(u32, u16)>,
+    /// Whether the link's pattern is `^.*$`, which matches a value with no line feed, all of
+    /// it (`.` is any byte but `\n`, `$` the end of the value): decided without the regex.
+    pub(crate) whole_line: bool,
     /// Whether a group miss over the link's collections can prove it does not match: a
     /// grouped, non-negated `@rx` (with `multiMatch`, one whose bit reads every stage).
     pub(crate) prefilter: bool,
@@ -1114,6 +1117,7 @@ impl Loader<'_> {
             pipeline: u32::try_from(pipeline).unwrap_or(u32::MAX),
             // (Worked out with the groups, from the pattern as they parse it.)
             factors: None,
+            whole_line: rx.as_deref() == Some("^.*$"),
             rx,
             phrases,
             screen,

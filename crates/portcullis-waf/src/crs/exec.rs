@@ -1664,6 +1664,15 @@ impl Transaction<'_> {
         value: &[u8],
     ) -> (bool, Option<Groups>) {
         match &link.op {
+            Op::Static(Operator::Rx(_)) if link.whole_line => {
+                if memchr::memchr(b'\n', value).is_some() {
+                    return (false, None);
+                }
+                let whole = link
+                    .capture
+                    .then(|| smallvec::smallvec![Some(TxValue::from_slice(value))]);
+                (true, whole)
+            }
             // A long value without any of the pattern's factors does not match it.
             Op::Static(Operator::Rx(_))
                 if link.factors.as_ref().is_some_and(|s| !s.admits(value)) =>

@@ -586,6 +586,60 @@ SecRule ARGS:b "@rx x+" "id:2,phase:1,nolog,pass,capture"
 }
 
 #[test]
+fn a_whole_line_pattern_decides_as_its_regex_does() {
+    // `^.*$` (920450's) is decided without the regex; `^(?:.*)$` is the same pattern, left to
+    // the regex. Both must match, capture and miss alike, line feeds and odd bytes included:
+    // on an argument (searched by its group first) and on a `TX` variable (tested directly).
+    let rules = r#"
+SecRule ARGS:v "@unconditionalMatch" "id:9,phase:1,nolog,pass,setvar:'tx.v=%{MATCHED_VAR}'"
+SecRule TX:v "@rx ^.*$" "id:1,phase:1,log,pass,capture,setvar:'tx.fast=[%{tx.0}]'"
+SecRule TX:v "@rx ^(?:.*)$" "id:2,phase:1,log,pass,capture,setvar:'tx.slow=[%{tx.0}]'"
+SecRule TX:v "!@rx ^.*$" "id:3,phase:1,log,pass"
+SecRule TX:v "!@rx ^(?:.*)$" "id:4,phase:1,log,pass"
+SecRule ARGS:v "@rx ^.*$" "id:5,phase:1,log,pass,capture,setvar:'tx.fast_arg=[%{tx.0}]'"
+SecRule ARGS:v "@rx ^(?:.*)$" "id:6,phase:1,log,pass,capture,setvar:'tx.slow_arg=[%{tx.0}]'"
+SecRule ARGS:v "!@rx ^.*$" "id:7,phase:1,log,pass"
+SecRule ARGS:v "!@rx ^(?:.*)$" "id:8,phase:1,log,pass"
+"#;
+    let c = crs(rules);
+    let whole = |id: u32| {
+        c.rules
+            .iter()
+            .filter(|r| r.id == id)
+            .flat_map(|r| &r.links)
+            .all(|l| l.whole_line)
+    };
+    assert!(whole(1) && whole(3) && whole(5) && whole(7));
+    assert!(!whole(2) && !whole(4) && !whole(6) && !whole(8));
+    let cases = [
+        ("", true),
+        ("abc", true),
+        ("a%0db", true),
+        ("%ff%fe%00", true),
+        ("a%0ab", false),
+        ("%0a", false),
+        ("tail%0a", false),
+        ("%0ahead", false),
+    ];
+    for (value, matches) in cases {
+        let ex = get(&format!("/?v={value}"));
+        let mut t = c.transaction(&ex, "127.0.0.1");
+        t.run(1);
+        assert_eq!(t.tx("fast"), t.tx("slow"), "{value}");
+        assert_eq!(t.tx("fast").is_some(), matches, "{value}");
+        assert_eq!(t.tx("fast_arg"), t.tx("slow_arg"), "{value}");
+        assert_eq!(t.tx("fast_arg"), t.tx("fast"), "{value}");
+        let fired = logged(&t.finish());
+        let expected: &[u32] = if matches {
+            &[1, 2, 5, 6]
+        } else {
+            &[3, 4, 7, 8]
+        };
+        assert_eq!(fired, expected, "{value}");
+    }
+}
+
+#[test]
 fn a_named_member_is_decided_by_its_own_search() {
     // Both patterns share a group over the request headers: the rule that reads one header
     // matches only when that header matches, whichever order the group is searched in.
