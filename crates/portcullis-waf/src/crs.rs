@@ -105,6 +105,7 @@ pub(crate) struct NameLiteral {
 }
 
 impl NameLiteral {
+    #[inline]
     fn admits(&self, name: &[u8]) -> bool {
         let n = self.text.len();
         if self.anchored {
@@ -148,6 +149,7 @@ fn name_literal(src: &str) -> Option<NameLiteral> {
 }
 
 impl Select {
+    #[inline]
     pub(crate) fn selects(&self, name: &str) -> bool {
         match self {
             Self::All => true,

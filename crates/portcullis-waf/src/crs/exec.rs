@@ -737,7 +737,24 @@ impl Memo {
 
     /// Which patterns of `group` match item `key` (raw value `raw`), each on its own
     /// pipeline's value: one search per distinct value the members' pipelines make.
+    #[inline]
     fn mask(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
+        // (Most calls find the mask made: that path is kept small, the search apart.)
+        if let Some(&row) = self.rows.get(key as usize)
+            && row != NO_ROW
+            && let Some(&m) = self
+                .masks
+                .get(row as usize * self.groups + group as usize)
+                .filter(|m| **m & DONE != 0)
+        {
+            return m;
+        }
+        self.search(crs, key, group, raw)
+    }
+
+    /// [`Self::mask`] when it is not made yet: loads the value's cached verdicts, or searches.
+    #[inline(never)]
+    fn search(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
         if self.cache_state.get(key as usize) == Some(&UNSEEN) {
             self.load_cached(crs, key, raw);
         }
