@@ -604,10 +604,21 @@ impl Memo {
         });
     }
 
+    /// Item `key`'s row in `spans` and `masks`, when it has been made.
+    #[inline]
+    fn made_row(&self, key: u32) -> Option<usize> {
+        match self.rows.get(key as usize) {
+            Some(&row) if row != NO_ROW => Some(row as usize),
+            _ => None,
+        }
+    }
+
     /// Item `key`'s row in `spans` and `masks`, made when first asked for.
     fn row(&mut self, key: u32) -> usize {
+        if let Some(row) = self.made_row(key) {
+            return row;
+        }
         match self.rows.get(key as usize) {
-            Some(&row) if row != NO_ROW => row as usize,
             Some(_) => {
                 let row = self.spans.len() / self.pipelines.max(1);
                 self.spans.resize(self.spans.len() + self.pipelines, UNSET);
@@ -740,11 +751,10 @@ impl Memo {
     #[inline]
     fn mask(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
         // (Most calls find the mask made: that path is kept small, the search apart.)
-        if let Some(&row) = self.rows.get(key as usize)
-            && row != NO_ROW
+        if let Some(row) = self.made_row(key)
             && let Some(&m) = self
                 .masks
-                .get(row as usize * self.groups + group as usize)
+                .get(row * self.groups + group as usize)
                 .filter(|m| **m & DONE != 0)
         {
             return m;
@@ -755,13 +765,17 @@ impl Memo {
     /// [`Self::mask`] when it is not made yet: loads the value's cached verdicts, or searches.
     #[inline(never)]
     fn search(&mut self, crs: &Crs, key: u32, group: u32, raw: &[u8]) -> u32 {
-        if self.cache_state.get(key as usize) == Some(&UNSEEN) {
+        let at = if self.cache_state.get(key as usize) == Some(&UNSEEN) {
             self.load_cached(crs, key, raw);
-        }
-        let at = self.row(key) * self.groups + group as usize;
-        if let Some(&m) = self.masks.get(at).filter(|m| **m & DONE != 0) {
-            return m;
-        }
+            let at = self.row(key) * self.groups + group as usize;
+            // (The cache may have held it.)
+            if let Some(&m) = self.masks.get(at).filter(|m| **m & DONE != 0) {
+                return m;
+            }
+            at
+        } else {
+            self.row(key) * self.groups + group as usize
+        };
         if let Some(state) = self.cache_state.get_mut(key as usize)
             && *state != UNCACHED
         {
