@@ -14,3 +14,4 @@ pub mod secrets;
 pub mod server;
 pub mod stack;
 pub mod tls;
+pub mod upstream;

@@ -9,39 +9,30 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http::{Request, Response};
 use portcullis_core::{ClientAddr, Problem, Reason, TlsInfo, UpstreamLatency};
 
 use crate::body::BoxBody;
 use crate::routes::Backend;
-
-/// The shared HTTP client to the upstreams (pooled).
-pub type UpstreamClient = Client<HttpConnector, BoxBody>;
-
-/// A new pooled client.
-pub fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    connector.set_nodelay(true);
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http1_writev(false)
-        .build(connector)
-}
+use crate::upstream::{Endpoint, UpstreamError, Upstreams};
 
 /// Forwards a route's requests to its backend, round-robin over the ready endpoints.
 #[derive(Clone)]
 pub struct Proxy {
-    client: UpstreamClient,
     backend: Arc<Backend>,
-    /// The endpoints as URI authorities, made once.
-    authorities: Arc<[http::uri::Authority]>,
+    /// The endpoints, with their connection pools.
+    endpoints: Arc<[Arc<Endpoint>]>,
     next: Arc<AtomicUsize>,
     /// How long the upstream has to send its response head.
     timeout: Duration,
 }
+
+/// When a request reached the gateway (a request extension the server sets).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
+/// How long a request's layers may take before it waits for the others to write together.
+const GATHER_AFTER: Duration = Duration::from_micros(20);
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -56,17 +47,16 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// A proxy to `backend`.
-    pub fn new(client: UpstreamClient, backend: Arc<Backend>, timeout: Duration) -> Self {
-        let authorities = backend
+    /// A proxy to `backend`, on the endpoints' pools in `upstreams`.
+    pub fn new(upstreams: &Upstreams, backend: Arc<Backend>, timeout: Duration) -> Self {
+        let endpoints = backend
             .endpoints
             .iter()
-            .filter_map(|e| http::uri::Authority::try_from(e.to_string()).ok())
+            .map(|addr| upstreams.endpoint(*addr))
             .collect();
         Self {
-            client,
             backend,
-            authorities,
+            endpoints,
             next: Arc::new(AtomicUsize::new(0)),
             timeout,
         }
@@ -86,8 +76,49 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Writes an address as `X-Forwarded-For` carries it. IPv4 by hand: `Display` goes through the
+/// formatting machinery, which cost more than the rest of the header's handling.
+fn write_ip(ip: std::net::IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names: most messages carry none of them.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -101,10 +132,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in &HOP_BY_HOP {
-        // Looking first is cheaper than removing: most messages carry none of them.
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
 }
 
@@ -118,9 +146,9 @@ impl tower::Service<Request<BoxBody>> for Proxy {
     }
 
     fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
-        let authorities = &self.authorities;
-        let Some(authority) = (!authorities.is_empty())
-            .then(|| authorities.get(self.next.fetch_add(1, Ordering::Relaxed) % authorities.len()))
+        let endpoints = &self.endpoints;
+        let Some(endpoint) = (!endpoints.is_empty())
+            .then(|| endpoints.get(self.next.fetch_add(1, Ordering::Relaxed) % endpoints.len()))
             .flatten()
             .cloned()
         else {
@@ -128,7 +156,6 @@ impl tower::Service<Request<BoxBody>> for Proxy {
                 Ok(Problem::new(Reason::UpstreamUnavailable).into_response())
             });
         };
-        let client = self.client.clone();
         let timeout = self.timeout;
         Box::pin(async move {
             let host = req.headers().get(header::HOST).cloned().or_else(|| {
@@ -136,30 +163,26 @@ impl tower::Service<Request<BoxBody>> for Proxy {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.authority = Some(authority);
-            parts.path_and_query = Some(
-                req.uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            );
-            let Ok(uri) = Uri::from_parts(parts) else {
-                return Ok(Problem::new(Reason::MalformedRequest).into_response());
-            };
-            *req.uri_mut() = uri;
-            *req.version_mut() = http::Version::HTTP_11;
             let https = req.extensions().get::<TlsInfo>().is_some();
             let client_ip = req.extensions().get::<ClientAddr>().map(|c| c.ip());
             let headers = req.headers_mut();
             strip_hop_by_hop(headers);
             if let Some(ip) = client_ip {
-                let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                    Some(prior) => format!("{prior}, {ip}"),
-                    None => ip.to_string(),
+                let xff = match headers.get(&X_FORWARDED_FOR) {
+                    Some(prior) => {
+                        let mut v = Vec::with_capacity(prior.len() + 41);
+                        v.extend_from_slice(prior.as_bytes());
+                        v.extend_from_slice(b", ");
+                        write_ip(ip, &mut v);
+                        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+                    }
+                    None => {
+                        let mut v = Vec::with_capacity(39);
+                        write_ip(ip, &mut v);
+                        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+                    }
                 };
-                if let Ok(v) = HeaderValue::from_str(&xff) {
+                if let Some(v) = xff {
                     headers.insert(X_FORWARDED_FOR, v);
                 }
             }
@@ -169,12 +192,31 @@ impl tower::Service<Request<BoxBody>> for Proxy {
             );
             if let Some(host) = host {
                 headers.insert(X_FORWARDED_HOST, host.clone());
-                headers.insert(header::HOST, host);
+                if !headers.contains_key(header::HOST) {
+                    headers.insert(header::HOST, host);
+                }
             }
             let started = Instant::now();
-            let response = match tokio::time::timeout(timeout, client.request(req)).await {
+            // A request that took its layers a while (the WAF's inspection, an uncached
+            // signature) waits for the other requests ready now before it writes, so the
+            // upstream is woken once for the lot, not once per request: on a busy core the
+            // wake-ups of an idle upstream cost more than the wait. A cheap request goes at
+            // once: waiting costs it more than the wake-up.
+            if let Some(Arrived(at)) = req.extensions().get::<Arrived>()
+                && started.saturating_duration_since(*at) >= GATHER_AFTER
+            {
+                tokio::task::yield_now().await;
+            }
+            let response = match tokio::time::timeout(timeout, endpoint.send(req)).await {
                 Err(_) => return Ok(Problem::new(Reason::UpstreamTimeout).into_response()),
-                Ok(Err(_)) => return Ok(Problem::new(Reason::UpstreamError).into_response()),
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %endpoint.addr(), error = %e, "upstream exchange failed");
+                    let reason = match e {
+                        UpstreamError::ConnectTimeout => Reason::UpstreamTimeout,
+                        _ => Reason::UpstreamError,
+                    };
+                    return Ok(Problem::new(reason).into_response());
+                }
                 Ok(Ok(r)) => r,
             };
             let latency = started.elapsed();
@@ -183,5 +225,55 @@ impl tower::Service<Request<BoxBody>> for Proxy {
             parts.extensions.insert(UpstreamLatency(latency));
             Ok(Response::from_parts(parts, BoxBody::new(body)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.100.9",
+            "1.10.100.200",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(ip, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "websocket"),
+            ("x-stays", "1"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-stays"));
+        // With none of them, nothing changes.
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }

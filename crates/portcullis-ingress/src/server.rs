@@ -27,10 +27,11 @@ use crate::body::{BoxBody, BoxError};
 use crate::conn::{Activity, Watched};
 use crate::manifests::Snapshot;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, UpstreamClient};
+use crate::proxy::Proxy;
 use crate::routes::{ObjectError, RouteTable};
 use crate::stack::{Layers, RouteService, build};
 use crate::tls::TlsPlan;
+use crate::upstream::Upstreams;
 use portcullis_ztls::{ConnectionInfo, ServerConfigs};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -108,7 +109,7 @@ struct Compiled {
 /// The ingress: its route table and stacks, swapped atomically when the objects change.
 pub struct Gateway {
     state: RwLock<Arc<Compiled>>,
-    client: UpstreamClient,
+    upstreams: Upstreams,
     upstream_timeout: Duration,
     /// The counters.
     pub metrics: Metrics,
@@ -135,7 +136,7 @@ impl Gateway {
                 stacks: HashMap::new(),
                 by_id: Vec::new(),
             })),
-            client: crate::proxy::client(),
+            upstreams: Upstreams::default(),
             upstream_timeout,
             metrics: Metrics::default(),
             audit,
@@ -187,7 +188,7 @@ impl Gateway {
                 .and_then(|r| r.with_ingress(route.ingress.clone()))
                 .ok();
             let proxy = Proxy::new(
-                self.client.clone(),
+                &self.upstreams,
                 route.backend.clone(),
                 self.upstream_timeout,
             );
@@ -542,7 +543,6 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_timeout)
-            .max_headers(MAX_HEADERS)
             .writev(false);
         builder
             .http2()
@@ -591,9 +591,9 @@ pub async fn start(options: Options) -> Result<Running, BoxError> {
     })
 }
 
-/// Header limits: HTTP/1 header count, HTTP/2 header list size (HTTP/1 heads are also
-/// bounded by hyper's read buffer, 400 KiB).
-const MAX_HEADERS: usize = 128;
+/// The HTTP/2 header list's limit. HTTP/1 heads are held to hyper's default of 100 headers,
+/// parsed into a buffer on the stack (a set limit makes it fill a heap buffer of that size for
+/// every request), and to its read buffer, 400 KiB.
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// What every connection is served with.
@@ -763,6 +763,8 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let client = self.proxies.resolve(self.peer, req.headers());
         req.extensions_mut().insert(client);
+        req.extensions_mut()
+            .insert(crate::proxy::Arrived(std::time::Instant::now()));
         if let Some(info) = &self.info {
             info.insert_into(req.extensions_mut());
         }

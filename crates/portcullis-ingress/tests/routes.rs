@@ -314,7 +314,7 @@ fn the_example_manifests_parse() {
         // Every policy builds its stack.
         for policy in &snapshot.policies {
             let proxy = portcullis_ingress::proxy::Proxy::new(
-                portcullis_ingress::proxy::client(),
+                &portcullis_ingress::upstream::Upstreams::default(),
                 std::sync::Arc::new(portcullis_ingress::routes::Backend {
                     name: "ml/vllm:8000".into(),
                     endpoints: Vec::new(),
