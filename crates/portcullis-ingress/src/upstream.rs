@@ -3,8 +3,8 @@
 //!
 //! A general-purpose pooled client (hyper_util's) runs every upstream connection as a task of
 //! its own and hands each request and response across channels to it, behind a pool keyed by
-//! scheme and authority. For a proxy on one core that hop, the keyed lookups and the copies of
-//! the large futures cost about a fifth of the plain proxy's instructions. Here the task that
+//! scheme and authority. For a proxy on one core, that hop, the keyed lookups and the copies of
+//! the large futures were much of the plain proxy's own work. Here the task that
 //! serves the client writes the request to a pooled connection and reads the response head
 //! itself; the response body reads from the same connection and gives it back to the pool when
 //! the body ends.
