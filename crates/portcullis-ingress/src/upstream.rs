@@ -136,8 +136,6 @@ struct Conn {
     io: TcpStream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
-    /// The request being written.
-    out: Vec<u8>,
     idle_since: Instant,
     /// Whether it served an earlier exchange (so the upstream may have closed it meanwhile).
     reused: bool,
@@ -148,7 +146,6 @@ impl Conn {
         Self {
             io,
             buf: BytesMut::new(),
-            out: Vec::new(),
             idle_since: Instant::now(),
             reused: false,
         }
@@ -291,20 +288,17 @@ impl Endpoint {
             Some(conn) => conn,
             None => self.connect().await?,
         };
-        conn.out = out;
-        let head = match exchange_head(&mut conn, &mut body, sending, sent, rest, complete).await {
-            Ok(head) => head,
-            // A connection the upstream closed while it was idle: once more on a new one, if
-            // the request is all in hand and cannot have been acted on.
-            Err(e) if conn.reused && complete && e.may_retry(&parts.method) => {
-                let out = std::mem::take(&mut conn.out);
-                conn = self.connect().await?;
-                conn.out = out;
-                exchange_head(&mut conn, &mut body, sending, sent, None, true).await?
-            }
-            Err(e) => return Err(e),
-        };
-        conn.out.clear();
+        let head =
+            match exchange_head(&mut conn, &out, &mut body, sending, sent, rest, complete).await {
+                Ok(head) => head,
+                // A connection the upstream closed while it was idle: once more on a new one, if
+                // the request is all in hand and cannot have been acted on.
+                Err(e) if conn.reused && complete && e.may_retry(&parts.method) => {
+                    conn = self.connect().await?;
+                    exchange_head(&mut conn, &out, &mut body, sending, sent, None, true).await?
+                }
+                Err(e) => return Err(e),
+            };
         Ok(self.respond(conn, head, parts.method == Method::HEAD))
     }
 
@@ -381,20 +375,18 @@ async fn next_data(body: &mut BoxBody) -> Result<Option<Bytes>, UpstreamError> {
     }
 }
 
-/// Writes the request (the head and whatever body is already in `conn.out`, then the rest of
-/// the body), and reads the response head.
+/// Writes the request (`out`: the head and whatever body went with it, then the rest of the
+/// body), and reads the response head.
 async fn exchange_head(
     conn: &mut Conn,
+    out: &[u8],
     body: &mut BoxBody,
     sending: Sending,
     mut sent: u64,
     rest: Option<Bytes>,
     complete: bool,
 ) -> Result<Head, UpstreamError> {
-    conn.io
-        .write_all(&conn.out)
-        .await
-        .map_err(UpstreamError::Write)?;
+    conn.io.write_all(out).await.map_err(UpstreamError::Write)?;
     if !complete {
         let mut data = match rest {
             Some(first) => Some(first),
@@ -1190,9 +1182,8 @@ mod tests {
         let mut out = Vec::new();
         let (parts, _) = get("/again").into_parts();
         encode_head(&parts, Sending::Empty, &endpoint.host, &mut out);
-        conn.out = out;
         let mut body = BoxBody::empty();
-        let error = exchange_head(&mut conn, &mut body, Sending::Empty, 0, None, true)
+        let error = exchange_head(&mut conn, &out, &mut body, Sending::Empty, 0, None, true)
             .await
             .err()
             .unwrap();
