@@ -14,7 +14,7 @@ use portcullis_core::{ClientAddr, Problem, Reason, TlsInfo, UpstreamLatency};
 
 use crate::body::BoxBody;
 use crate::routes::Backend;
-use crate::upstream::{Endpoint, UpstreamError, Upstreams};
+use crate::upstream::{Endpoint, UpstreamError, Upstreams, list_items};
 
 /// Forwards a route's requests to its backend, round-robin over the ready endpoints.
 #[derive(Clone)]
@@ -99,18 +99,7 @@ fn write_ip(ip: std::net::IpAddr, out: &mut Vec<u8>) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(name)
 }
 
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
@@ -120,12 +109,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = list_items(headers, &header::CONNECTION)
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -168,21 +153,14 @@ impl tower::Service<Request<BoxBody>> for Proxy {
             let headers = req.headers_mut();
             strip_hop_by_hop(headers);
             if let Some(ip) = client_ip {
-                let xff = match headers.get(&X_FORWARDED_FOR) {
-                    Some(prior) => {
-                        let mut v = Vec::with_capacity(prior.len() + 41);
-                        v.extend_from_slice(prior.as_bytes());
-                        v.extend_from_slice(b", ");
-                        write_ip(ip, &mut v);
-                        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
-                    }
-                    None => {
-                        let mut v = Vec::with_capacity(39);
-                        write_ip(ip, &mut v);
-                        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
-                    }
-                };
-                if let Some(v) = xff {
+                let prior = headers.get(&X_FORWARDED_FOR);
+                let mut xff = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + 39);
+                if let Some(prior) = prior {
+                    xff.extend_from_slice(prior.as_bytes());
+                    xff.extend_from_slice(b", ");
+                }
+                write_ip(ip, &mut xff);
+                if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
                     headers.insert(X_FORWARDED_FOR, v);
                 }
             }

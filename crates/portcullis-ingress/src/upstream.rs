@@ -392,7 +392,7 @@ async fn exchange_head(
             Some(first) => Some(first),
             None => next_data(body).await?,
         };
-        let mut framing = Vec::with_capacity(24);
+        let mut framed = Vec::new();
         while let Some(chunk) = data {
             sent += chunk.len() as u64;
             if let Sending::Length(n) = sending
@@ -400,24 +400,18 @@ async fn exchange_head(
             {
                 return Err(UpstreamError::RequestBodyLength);
             }
-            framing.clear();
-            if sending == Sending::Chunked {
-                framing.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-                conn.io
-                    .write_all(&framing)
-                    .await
-                    .map_err(UpstreamError::Write)?;
-            }
+            // A chunk goes out with its framing in one write; a length-framed body as it is.
+            let bytes = if sending == Sending::Chunked {
+                framed.clear();
+                encode_data(sending, &chunk, &mut framed);
+                &framed[..]
+            } else {
+                &chunk[..]
+            };
             conn.io
-                .write_all(&chunk)
+                .write_all(bytes)
                 .await
                 .map_err(UpstreamError::Write)?;
-            if sending == Sending::Chunked {
-                conn.io
-                    .write_all(b"\r\n")
-                    .await
-                    .map_err(UpstreamError::Write)?;
-            }
             data = next_data(body).await?;
         }
         let mut end = Vec::new();
@@ -592,27 +586,19 @@ fn framing(headers: &HeaderMap) -> Result<Framing, UpstreamError> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // The final coding decides; with anything but chunked last, the body runs to the
         // connection's end.
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|t| !t.is_empty());
+        let last = list_items(headers, &header::TRANSFER_ENCODING).rfind(|t| !t.is_empty());
         return Ok(match last {
             Some(t) if t.eq_ignore_ascii_case(b"chunked") => Framing::Chunked(Chunk::Size),
             _ => Framing::Close,
         });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(item.trim_ascii())
-                .ok_or(UpstreamError::Invalid("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(UpstreamError::Invalid("conflicting Content-Length"));
-            }
-            length = Some(n);
+    for item in list_items(headers, &header::CONTENT_LENGTH) {
+        let n = parse_length(item).ok_or(UpstreamError::Invalid("bad Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(UpstreamError::Invalid("conflicting Content-Length"));
         }
+        length = Some(n);
     }
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
@@ -626,12 +612,20 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The items of a comma-separated header, over all its fields, trimmed (empty ones kept).
+pub(crate) fn list_items<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl DoubleEndedIterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Where a response body stands.
@@ -798,8 +792,8 @@ impl Body for UpstreamBody {
             };
             match ready!(conn.poll_fill(cx)) {
                 Ok(0) if matches!(this.framing, Framing::Close) => {
-                    this.conn = None;
-                    this.framing = Framing::Done;
+                    // Never reusable (no endpoint to go back to): `finish` closes it.
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 Ok(0) => return this.fail(body_error("the upstream closed within the body")),
