@@ -221,10 +221,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// A configuration's runs of one request, with their rounds, and its RSS samples (KiB).
+type Runs = (Vec<(u32, Run)>, Vec<f64>);
+
 fn report(out: &Path, configs: &[&str]) -> Result<(), Error> {
-    // (config, kind) -> (runs, rss KiB)
-    let mut table: std::collections::BTreeMap<(String, String), (Vec<Run>, Vec<f64>)> =
-        Default::default();
+    // (config, kind) -> (runs by round, rss KiB)
+    let mut table: std::collections::BTreeMap<(String, String), Runs> = Default::default();
     let mut failed = Vec::new();
     for entry in std::fs::read_dir(out)? {
         let path = entry?.path();
@@ -236,14 +238,17 @@ fn report(out: &Path, configs: &[&str]) -> Result<(), Error> {
             continue;
         };
         let parts: Vec<&str> = stem.rsplitn(3, '.').collect();
-        let [_round, kind, config] = parts.as_slice() else {
+        let [round, kind, config] = parts.as_slice() else {
+            continue;
+        };
+        let Ok(round) = round.parse::<u32>() else {
             continue;
         };
         let slot = table
             .entry(((*config).to_owned(), (*kind).to_owned()))
             .or_default();
         match parse_wrk(&std::fs::read_to_string(&path)?) {
-            Some(run) => slot.0.push(run),
+            Some(run) => slot.0.push((round, run)),
             None => failed.push(name.to_owned()),
         }
         if let Ok(rss) = std::fs::read_to_string(path.with_extension("rss")) {
@@ -256,9 +261,9 @@ fn report(out: &Path, configs: &[&str]) -> Result<(), Error> {
             return None;
         }
         Some((
-            median(runs.iter().map(|r| r.rps).collect()),
-            median(runs.iter().map(|r| r.p50).collect()),
-            median(runs.iter().map(|r| r.p99).collect()),
+            median(runs.iter().map(|(_, r)| r.rps).collect()),
+            median(runs.iter().map(|(_, r)| r.p50).collect()),
+            median(runs.iter().map(|(_, r)| r.p99).collect()),
             median(rss.clone()) / 1024.0,
         ))
     };
@@ -276,9 +281,28 @@ fn report(out: &Path, configs: &[&str]) -> Result<(), Error> {
             }
         }
     }
+    // The ratio of two configurations within each round: they ran minutes apart, so a
+    // change in the machine's speed between rounds does not move it.
+    let per_round = |a: &str, b: &str, kind: &str| -> Vec<f64> {
+        let runs = |config: &str| table.get(&(config.to_owned(), kind.to_owned()));
+        let (Some((x, _)), Some((y, _))) = (runs(a), runs(b)) else {
+            return Vec::new();
+        };
+        let mut ratios: Vec<(u32, f64)> = x
+            .iter()
+            .filter_map(|(round, rx)| {
+                let (_, ry) = y.iter().find(|(r, _)| r == round)?;
+                Some((*round, rx.rps / ry.rps))
+            })
+            .collect();
+        ratios.sort_by_key(|(round, _)| *round);
+        ratios.into_iter().map(|(_, ratio)| ratio).collect()
+    };
     println!();
-    println!("| ratio (req/s) | GET | POST | target |");
-    println!("|---|---:|---:|---|");
+    println!(
+        "| ratio (req/s) | GET | POST | target | GET per round: median (range) | POST per round |"
+    );
+    println!("|---|---:|---:|---|---|---|");
     for (label, a, b, target) in [
         (
             "3 / 1: Portcullis plain / NGINX",
@@ -309,10 +333,22 @@ fn report(out: &Path, configs: &[&str]) -> Result<(), Error> {
             (Some(x), Some(y)) => format!("{:.2}", x.0 / y.0),
             _ => "–".into(),
         };
+        let rounds = |kind| {
+            let ratios = per_round(a, b, kind);
+            let (Some(low), Some(high)) = (
+                ratios.iter().copied().reduce(f64::min),
+                ratios.iter().copied().reduce(f64::max),
+            ) else {
+                return "–".to_owned();
+            };
+            format!("{:.2} ({low:.2}–{high:.2})", median(ratios))
+        };
         println!(
-            "| {label} | {} | {} | {target} |",
+            "| {label} | {} | {} | {target} | {} | {} |",
             ratio("get"),
-            ratio("post")
+            ratio("post"),
+            rounds("get"),
+            rounds("post")
         );
     }
     for kind in ["get", "post"] {
