@@ -37,19 +37,28 @@ impl Chain {
 
     /// Seals `body`, a JSON object whose first member is `"kind"`, as the next record; signs
     /// its hash with `signer` when given. Returns the line, newline included.
+    #[cfg(test)]
     pub(crate) fn seal(&mut self, body: &[u8], signer: Option<&Signer>) -> Vec<u8> {
+        let mut line = Vec::new();
+        self.seal_into(body, signer, &mut line);
+        line
+    }
+
+    /// [`Self::seal`] into `line` (cleared first: the writer reuses one buffer).
+    pub(crate) fn seal_into(&mut self, body: &[u8], signer: Option<&Signer>, line: &mut Vec<u8>) {
         let members = body.strip_prefix(b"{").unwrap_or(body);
-        let mut line = Vec::with_capacity(body.len() + 200);
+        line.clear();
+        line.reserve(body.len() + 200);
         line.extend_from_slice(b"{\"seq\":");
-        line.extend_from_slice(self.next.to_string().as_bytes());
+        push_decimal(line, self.next);
         line.extend_from_slice(b",\"prev\":\"");
-        push_hex(&mut line, &self.prev);
+        push_hex(line, &self.prev);
         line.extend_from_slice(b"\",");
         line.extend_from_slice(members);
-        let hash = sha256(&line);
+        let hash = sha256(line);
         line.pop(); // the closing brace
         line.extend_from_slice(b",\"hash\":\"");
-        push_hex(&mut line, &hash);
+        push_hex(line, &hash);
         line.push(b'"');
         if let Some(signer) = signer {
             line.extend_from_slice(b",\"sig\":\"");
@@ -59,8 +68,26 @@ impl Chain {
         line.extend_from_slice(b"}\n");
         self.next += 1;
         self.prev = hash;
-        line
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0_u8; 20];
+    let mut at = digits.len();
+    let mut v = n;
+    loop {
+        at -= 1;
+        if let Some(slot) = digits.get_mut(at) {
+            // (A digit: `v % 10` is below 10.)
+            *slot = b'0' + (v % 10) as u8;
+        }
+        v /= 10;
+        if v == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -346,6 +373,20 @@ mod tests {
         bad[at + 1] = b'b';
         assert!(!open(bad.strip_suffix(b"\n").unwrap()).unwrap().intact);
         assert!(open(b"{\"seq\":1}").is_none());
+    }
+
+    #[test]
+    fn decimals_and_reused_lines() {
+        for n in [0, 7, 10, 99, 1_000_001, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+        // A line sealed into a used buffer is the line sealed into a new one.
+        let (mut a, mut b) = (Chain::new(), Chain::new());
+        let mut used = b"{\"kind\":\"old\",\"padding\":\"a longer line than the next\"}\n".to_vec();
+        a.seal_into(br#"{"kind":"request"}"#, None, &mut used);
+        assert_eq!(used, b.seal(br#"{"kind":"request"}"#, None));
     }
 
     #[test]

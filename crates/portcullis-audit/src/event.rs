@@ -4,6 +4,7 @@
 //! applies the redaction that must happen before anything leaves the request: the query and
 //! header policy. Formatting, pseudonymisation and hashing happen on the writer.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,7 @@ use portcullis_core::{
 use serde::Serialize;
 
 use crate::config::{AuditConfig, CREDENTIAL_PARAMS, QueryPolicy};
-use crate::time::rfc3339;
+use crate::time::rfc3339_bytes;
 
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -198,7 +199,7 @@ impl Pseudonyms {
 #[derive(Serialize)]
 struct Record<'a> {
     kind: &'static str,
-    time: String,
+    time: &'a str,
     request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<Client>,
@@ -289,7 +290,7 @@ struct Http<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<u16>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    headers: BTreeMap<&'a str, String>,
+    headers: BTreeMap<&'a str, Cow<'a, str>>,
 }
 
 #[derive(Serialize)]
@@ -318,12 +319,14 @@ struct Tokens {
     source: portcullis_core::UsageSource,
 }
 
-/// The record body (`{"kind":"request",...}`), ready to seal.
+/// Writes the record body (`{"kind":"request",...}`), ready to seal, to `out` (cleared
+/// first: the writer reuses one buffer).
 pub(crate) fn request_record(
     c: &Captured,
     query_policy: QueryPolicy,
     pseudonyms: Option<&Pseudonyms>,
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) {
     let client = c.client.map(|a| {
         let ip = a.ip().to_string();
         Client {
@@ -346,7 +349,7 @@ pub(crate) fn request_record(
         key_id: p.key_id(),
     });
     let query = c.uri.query().and_then(|q| redact_query(q, query_policy));
-    let mut headers: BTreeMap<&str, String> = BTreeMap::new();
+    let mut headers: BTreeMap<&str, Cow<'_, str>> = BTreeMap::new();
     for (name, value, masked) in &c.headers {
         let text = if *masked {
             "***"
@@ -356,19 +359,21 @@ pub(crate) fn request_record(
         headers
             .entry(name.as_str())
             .and_modify(|v| {
+                let v = v.to_mut();
                 v.push_str(", ");
                 v.push_str(text);
             })
-            .or_insert_with(|| text.to_owned());
+            .or_insert(Cow::Borrowed(text));
     }
     let host = c
         .host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .or_else(|| c.uri.authority().map(|a| a.as_str()));
+    let time = rfc3339_bytes(c.time);
     let record = Record {
         kind: "request",
-        time: rfc3339(c.time),
+        time: std::str::from_utf8(&time).unwrap_or_default(),
         request_id: c.request_id.to_str().unwrap_or_default(),
         client,
         tls: c.tls.as_ref().map(|t| Tls {
@@ -423,7 +428,11 @@ pub(crate) fn request_record(
             source: t.source(),
         }),
     };
-    serde_json::to_vec(&record).unwrap_or_else(|_| b"{\"kind\":\"request\"}".to_vec())
+    out.clear();
+    if serde_json::to_writer(&mut *out, &record).is_err() {
+        out.clear();
+        out.extend_from_slice(b"{\"kind\":\"request\"}");
+    }
 }
 
 fn micros(d: Duration) -> u64 {

@@ -5,17 +5,36 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// `time` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (microseconds, UTC). Times before 1970 are written
 /// as the epoch.
 pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let text = rfc3339_bytes(time);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// [`rfc3339`] into a buffer of its fixed length (years up to 9999; a later year is written
+/// as 9999), without formatting machinery: the writer stamps every record.
+pub(crate) fn rfc3339_bytes(time: SystemTime) -> [u8; 27] {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
-    )
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, value: u64| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            if let Some(slot) = out.get_mut(i) {
+                // (A digit: `v % 10` is below 10.)
+                *slot = b'0' + (v % 10) as u8;
+            }
+            v /= 10;
+        }
+    };
+    put(0, 4, y.min(9999));
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 6, u64::from(since.subsec_micros()));
+    out
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).

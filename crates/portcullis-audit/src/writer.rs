@@ -223,6 +223,8 @@ impl Audit {
             last_checkpoint: Instant::now(),
             pending: VecDeque::new(),
             stalled: false,
+            body: Vec::with_capacity(1024),
+            line: Vec::with_capacity(1024),
         };
         let thread = std::thread::Builder::new()
             .name("portcullis-audit".into())
@@ -347,6 +349,9 @@ struct Writer {
     pending: VecDeque<(u64, Vec<u8>)>,
     /// The sink failed: nothing new is taken until a retry succeeds.
     stalled: bool,
+    /// The buffers a record's body and its sealed line are made in, reused.
+    body: Vec<u8>,
+    line: Vec<u8>,
 }
 
 /// How long the writer lets events gather before it looks again.
@@ -454,12 +459,15 @@ impl Writer {
             );
             self.seal_and_write(gap.as_bytes(), true);
         }
-        let body = request_record(
+        let mut body = std::mem::take(&mut self.body);
+        request_record(
             event,
             self.shared.config.redaction.query,
             self.pseudonyms.as_ref(),
+            &mut body,
         );
         self.seal_and_write(&body, false);
+        self.body = body;
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.shared.config.checkpoint.every_records {
             self.checkpoint(false);
@@ -489,12 +497,12 @@ impl Writer {
     fn seal_and_write(&mut self, body: &[u8], signed: bool) {
         let signer = if signed { self.signer.as_ref() } else { None };
         let seq = self.chain.next;
-        let line = self.chain.seal(body, signer);
+        self.chain.seal_into(body, signer, &mut self.line);
         if self.stalled {
-            self.pending.push_back((seq, line));
+            self.pending.push_back((seq, self.line.clone()));
             return;
         }
-        match self.sink.write_line(seq, &line) {
+        match self.sink.write_line(seq, &self.line) {
             Ok(()) => {
                 self.shared.written.fetch_add(1, Ordering::Relaxed);
                 if self.shared.config.fsync == FsyncPolicy::PerRecord {
@@ -503,7 +511,7 @@ impl Writer {
             }
             Err(_) => {
                 self.failed();
-                self.pending.push_back((seq, line));
+                self.pending.push_back((seq, self.line.clone()));
             }
         }
     }
