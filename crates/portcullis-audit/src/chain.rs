@@ -73,21 +73,12 @@ impl Chain {
 
 /// Appends `n` in decimal.
 fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0_u8; 20];
-    let mut at = digits.len();
-    let mut v = n;
-    loop {
-        at -= 1;
-        if let Some(slot) = digits.get_mut(at) {
-            // (A digit: `v % 10` is below 10.)
-            *slot = b'0' + (v % 10) as u8;
-        }
-        v /= 10;
-        if v == 0 || at == 0 {
-            break;
-        }
+    let len = n.checked_ilog10().map_or(1, |l| l as usize + 1);
+    let start = out.len();
+    out.resize(start + len, b'0');
+    if let Some(slot) = out.get_mut(start..) {
+        crate::time::put_decimal(slot, n);
     }
-    out.extend_from_slice(digits.get(at..).unwrap_or_default());
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -18,13 +18,8 @@ pub(crate) fn rfc3339_bytes(time: SystemTime) -> [u8; 27] {
     let (y, m, d) = civil_from_days(days);
     let mut out = *b"0000-00-00T00:00:00.000000Z";
     let mut put = |at: usize, width: usize, value: u64| {
-        let mut v = value;
-        for i in (at..at + width).rev() {
-            if let Some(slot) = out.get_mut(i) {
-                // (A digit: `v % 10` is below 10.)
-                *slot = b'0' + (v % 10) as u8;
-            }
-            v /= 10;
+        if let Some(slot) = out.get_mut(at..at + width) {
+            put_decimal(slot, value);
         }
     };
     put(0, 4, y.min(9999));
@@ -35,6 +30,16 @@ pub(crate) fn rfc3339_bytes(time: SystemTime) -> [u8; 27] {
     put(17, 2, rem % 60);
     put(20, 6, u64::from(since.subsec_micros()));
     out
+}
+
+/// Writes `value` in decimal into `slot`, right-aligned and padded with zeros (digits beyond
+/// the slot's length are dropped).
+pub(crate) fn put_decimal(slot: &mut [u8], mut value: u64) {
+    for b in slot.iter_mut().rev() {
+        // (A digit: `value % 10` is below 10.)
+        *b = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
