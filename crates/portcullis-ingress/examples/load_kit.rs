@@ -288,15 +288,12 @@ fn report(out: &Path, configs: &[&str]) -> Result<(), Error> {
         let (Some((x, _)), Some((y, _))) = (runs(a), runs(b)) else {
             return Vec::new();
         };
-        let mut ratios: Vec<(u32, f64)> = x
-            .iter()
+        x.iter()
             .filter_map(|(round, rx)| {
                 let (_, ry) = y.iter().find(|(r, _)| r == round)?;
-                Some((*round, rx.rps / ry.rps))
+                Some(rx.rps / ry.rps)
             })
-            .collect();
-        ratios.sort_by_key(|(round, _)| *round);
-        ratios.into_iter().map(|(_, ratio)| ratio).collect()
+            .collect()
     };
     println!();
     println!(
