@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response, header};
+use http::{HeaderMap, HeaderValue, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use portcullis_core::{Problem, Reason, SharedVerdict, WafAction, WafVerdict};
 
 use crate::config::Mode;
 use crate::leak::{LeakAction, LeakGuard, LeakStream};
-use crate::waf::Waf;
+use crate::waf::{Waf, new_incident};
 
 /// A boxed error, as bodies report them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,33 +32,56 @@ pub(crate) fn reject<B>(reason: Reason, verdict: Option<WafVerdict>) -> Response
 }
 
 /// Wraps the inner service's response: the verdict (and a [`SharedVerdict`] the body keeps
-/// growing) in its extensions, and the body behind the leak guard when one is on.
+/// growing) in its extensions, and the body behind the leak guard when one is on. A body
+/// already read whole (no rest to come, no trailers) is scanned here, before any of it is
+/// sent: it keeps an exact `Content-Length`, and a block becomes a 502 problem.
 pub(crate) fn inspected_response<B>(
     waf: &Waf,
     verdict: WafVerdict,
     mut parts: http::response::Parts,
-    body: RequestBody<B>,
-) -> Response<ResponseBody<B>> {
-    let leak = waf.leak_guard().filter(|_| waf.mode() != Mode::Off);
+    mut body: RequestBody<B>,
+) -> Response<ResponseBody<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    // (An empty body, such as a HEAD response's or a 204's, has nothing to scan and keeps
+    // its headers.)
+    let leak = waf
+        .leak_guard()
+        .filter(|_| waf.mode() != Mode::Off && body.size_hint().exact() != Some(0));
     let report = SharedVerdict::new(verdict.clone());
-    let stream = leak.map(|guard| {
-        // Redaction changes the length.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        let sse = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        LeakState {
-            stream: guard.stream(),
-            guard: guard.clone(),
-            report: report.clone(),
-            out: VecDeque::new(),
-            sse,
-            detect_only: waf.mode() == Mode::DetectionOnly,
-            trailers: None,
-        }
+    let mut stream = leak.map(|guard| LeakState {
+        stream: guard.stream(),
+        guard: guard.clone(),
+        report: report.clone(),
+        out: VecDeque::new(),
+        sse: is_event_stream(&parts.headers),
+        detect_only: waf.mode() == Mode::DetectionOnly,
+        trailers: None,
     });
+    if let Some(state) = stream.as_mut() {
+        if !state.sse && body.rest.is_none() && body.trailers.is_none() {
+            let data = body.prefix.take().unwrap_or_default();
+            match state.whole(data) {
+                Ok(out) => {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                    body = RequestBody::new(out, None, None);
+                    stream = None;
+                }
+                Err(_) => {
+                    let mut verdict = report.snapshot();
+                    verdict.set_incident(new_incident());
+                    return reject(Reason::ResponseBlocked, Some(verdict));
+                }
+            }
+        } else {
+            // Redaction changes the length.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+    }
     parts.extensions.insert(verdict);
     parts.extensions.insert(report);
     Response::from_parts(
@@ -71,6 +94,15 @@ pub(crate) fn inspected_response<B>(
             },
         },
     )
+}
+
+/// Whether a response with these headers is an event stream (SSE), which is never held back.
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// The request body handed to the inner service: the buffered bytes, then whatever was not
@@ -176,6 +208,21 @@ impl LeakState {
                 };
             }
         });
+    }
+
+    /// Scans a whole body at once: what it lets through, or `Err` when the guard blocks it
+    /// (in detection-only mode the body as it was).
+    fn whole(&mut self, data: Bytes) -> Result<Bytes, BoxError> {
+        let step = self.stream.push_last(&data);
+        self.apply(step)?;
+        if self.detect_only {
+            return Ok(data);
+        }
+        // (One piece: the scan's output.)
+        Ok(match self.out.len() {
+            0 | 1 => self.out.pop_front().unwrap_or_default(),
+            _ => self.out.drain(..).flatten().collect(),
+        })
     }
 
     /// Queues what a scan step lets through. A block ends the body: with a final error event

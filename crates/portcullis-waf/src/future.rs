@@ -11,7 +11,9 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use portcullis_core::{Reason, WafAction, WafVerdict};
 
-use crate::bodies::{BoxError, RequestBody, ResponseBody, inspected_response, reject};
+use crate::bodies::{
+    BoxError, RequestBody, ResponseBody, inspected_response, is_event_stream, reject,
+};
 use crate::config::{Mode, OverLimit};
 use crate::waf::{PendingResponse, Waf, new_incident};
 
@@ -45,13 +47,17 @@ pin_project! {
             verdict: Option<WafVerdict>,
             pending: Option<Box<PendingResponse>>,
         },
-        // Holding the response back while its body is read for CRS's phase 4.
+        // Holding the response back while its body is read: for CRS's phase 4, or whole
+        // for the leak guard.
         Holding {
             parts: Option<response::Parts>,
             body: Option<ResB>,
             buffered: BytesMut,
             trailers: Option<HeaderMap>,
-            limit: usize,
+            // How much is read before the response goes on.
+            cap: usize,
+            // How much of it phase 4 reads.
+            inspect: usize,
             verdict: Option<WafVerdict>,
             pending: Option<Box<PendingResponse>>,
         },
@@ -139,31 +145,39 @@ where
                     let response = ready!(future.poll(cx))?;
                     let verdict = verdict.take().unwrap_or_else(|| this.waf.verdict());
                     let (parts, body) = response.into_parts();
-                    match (pending.take(), this.waf.response_body_policy()) {
-                        (Some(pending), Some((types, limit))) if holds(&parts.headers, types) => {
-                            State::Holding {
-                                parts: Some(parts),
-                                body: Some(body),
-                                buffered: BytesMut::new(),
-                                trailers: None,
-                                limit,
-                                verdict: Some(verdict),
-                                pending: Some(pending),
-                            }
+                    let pending = pending.take();
+                    // CRS's phase 4 reads the bodies of its content types (up to its limit);
+                    // the leak guard reads short bodies of a declared length whole.
+                    let crs = match (&pending, this.waf.response_body_policy()) {
+                        (Some(_), Some((types, limit))) if holds(&parts.headers, types) => {
+                            Some(limit)
                         }
-                        (Some(pending), _) => {
-                            let body = RequestBody::new(Bytes::new(), Some(body), None);
-                            State::Done {
-                                response: Some(respond(
-                                    this.waf, verdict, *pending, parts, body, b"",
-                                )),
-                            }
+                        _ => None,
+                    };
+                    let whole = whole_length(this.waf, &parts.headers, &body);
+                    if crs.is_none() && whole.is_none() {
+                        let body = RequestBody::new(Bytes::new(), Some(body), None);
+                        let response = match pending {
+                            Some(pending) => respond(this.waf, verdict, *pending, parts, body, b""),
+                            None => inspected_response(this.waf, verdict, parts, body),
+                        };
+                        State::Done {
+                            response: Some(response),
                         }
-                        (None, _) => {
-                            let body = RequestBody::new(Bytes::new(), Some(body), None);
-                            State::Done {
-                                response: Some(inspected_response(this.waf, verdict, parts, body)),
-                            }
+                    } else {
+                        // (One byte past the declared length, to see the body end.)
+                        let cap = crs
+                            .unwrap_or(0)
+                            .max(whole.map_or(0, |len| len.saturating_add(1)));
+                        State::Holding {
+                            parts: Some(parts),
+                            body: Some(body),
+                            buffered: BytesMut::new(),
+                            trailers: None,
+                            cap,
+                            inspect: crs.unwrap_or(0),
+                            verdict: Some(verdict),
+                            pending,
                         }
                     }
                 }
@@ -172,30 +186,33 @@ where
                     body,
                     buffered,
                     trailers,
-                    limit,
+                    cap,
+                    inspect,
                     verdict,
                     pending,
                 } => {
-                    let Ok(ended) = ready!(fill(cx, body, buffered, trailers, *limit)) else {
+                    let Ok(ended) = ready!(fill(cx, body, buffered, trailers, *cap)) else {
                         // The upstream failed mid-body: nothing was sent yet, so say so.
                         let verdict = verdict.take();
                         return Poll::Ready(Ok(reject(Reason::UpstreamError, verdict)));
                     };
-                    let (Some(parts), Some(verdict), Some(pending)) =
-                        (parts.take(), verdict.take(), pending.take())
-                    else {
+                    let (Some(parts), Some(verdict)) = (parts.take(), verdict.take()) else {
                         // Polled again after it finished.
                         return Poll::Pending;
                     };
                     let held = std::mem::take(buffered).freeze();
-                    // Over the limit: the first `limit` bytes are inspected, the rest flows on.
-                    let inspected = held.slice(..held.len().min(*limit));
+                    // Over the cap: the first bytes are inspected, the rest flows on.
                     let rest = if ended { None } else { body.take() };
                     let out = RequestBody::new(held.clone(), rest, trailers.take());
+                    let response = match pending.take() {
+                        Some(pending) => {
+                            let inspected = held.slice(..held.len().min(*inspect));
+                            respond(this.waf, verdict, *pending, parts, out, &inspected)
+                        }
+                        None => inspected_response(this.waf, verdict, parts, out),
+                    };
                     State::Done {
-                        response: Some(respond(
-                            this.waf, verdict, *pending, parts, out, &inspected,
-                        )),
+                        response: Some(response),
                     }
                 }
                 StateProj::Done { response } => {
@@ -247,8 +264,15 @@ fn holds(headers: &HeaderMap, types: &[String]) -> bool {
         return false;
     };
     let essence = ct.split(';').next().unwrap_or_default().trim();
-    !essence.eq_ignore_ascii_case("text/event-stream")
-        && types.iter().any(|t| t.eq_ignore_ascii_case(essence))
+    !is_event_stream(headers) && types.iter().any(|t| t.eq_ignore_ascii_case(essence))
+}
+
+/// The declared length of a response body the leak guard reads whole before sending it: not
+/// empty, not an event stream, and no longer than the guard's whole-body limit.
+fn whole_length<B: Body>(waf: &Waf, headers: &HeaderMap, body: &B) -> Option<usize> {
+    let guard = waf.leak_guard().filter(|_| waf.mode() != Mode::Off)?;
+    let len = usize::try_from(body.size_hint().exact()?).ok()?;
+    (len > 0 && len <= guard.whole_body_limit() && !is_event_stream(headers)).then_some(len)
 }
 
 /// Runs CRS's response phases, then withholds the response (blocking mode, a disruptive
@@ -260,7 +284,11 @@ fn respond<B>(
     parts: response::Parts,
     body: RequestBody<B>,
     inspected: &[u8],
-) -> Response<ResponseBody<B>> {
+) -> Response<ResponseBody<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let outcome = waf.inspect_response(pending, parts.status, &parts.headers, inspected);
     for id in &outcome.matched {
         verdict.record_match(*id);

@@ -68,7 +68,15 @@ pub struct LeakGuardConfig {
     /// How many trailing bytes a stream holds back so matches that straddle chunks are found
     /// (default 256, at least 64).
     pub holdback: usize,
+    /// The longest response, by its declared length, read whole and scanned before any of it
+    /// is sent (default 64 KiB, at most 16 MiB; 0 streams every response). Such a response
+    /// keeps an exact `Content-Length`, and one the guard blocks becomes a 502 problem
+    /// instead of a body cut off after its headers. Event streams are always streamed.
+    pub whole_body_limit: usize,
 }
+
+/// The largest [`LeakGuardConfig::whole_body_limit`].
+pub const MAX_WHOLE_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 impl Default for LeakGuardConfig {
     fn default() -> Self {
@@ -80,6 +88,7 @@ impl Default for LeakGuardConfig {
             kinds: Vec::new(),
             disabled_kinds: Vec::new(),
             holdback: 256,
+            whole_body_limit: 64 * 1024,
         }
     }
 }
@@ -426,6 +435,7 @@ pub struct LeakGuard {
     pii: LeakAction,
     canary_action: LeakAction,
     holdback: usize,
+    whole_body_limit: usize,
 }
 
 impl std::fmt::Debug for LeakGuard {
@@ -440,6 +450,7 @@ impl std::fmt::Debug for LeakGuard {
                 &self.canaries.as_ref().map(AhoCorasick::patterns_len),
             )
             .field("holdback", &self.holdback)
+            .field("whole_body_limit", &self.whole_body_limit)
             .finish_non_exhaustive()
     }
 }
@@ -467,7 +478,8 @@ impl LeakGuard {
     ///
     /// # Errors
     ///
-    /// An unknown kind, a canary shorter than 8 bytes, a holdback below 64 bytes.
+    /// An unknown kind, a canary shorter than 8 bytes, a holdback below 64 bytes, a whole-body
+    /// limit above [`MAX_WHOLE_BODY_LIMIT`].
     pub fn new(config: &LeakGuardConfig) -> Result<Self, ConfigError> {
         let known =
             |k: &str| k == "all" || SPECS.iter().any(|s| s.kind == k) || NUMERIC_KINDS.contains(&k);
@@ -485,6 +497,13 @@ impl LeakGuard {
                 "leakGuard.holdback",
                 "below 64 bytes",
                 "use at least 64 (the default is 256)",
+            ));
+        }
+        if config.whole_body_limit > MAX_WHOLE_BODY_LIMIT {
+            return Err(ConfigError::new(
+                "leakGuard.wholeBodyLimit",
+                format!("{} bytes is above 16 MiB", config.whole_body_limit),
+                "use at most 16777216 (the default is 65536), or 0 to stream every response",
             ));
         }
         let enabled = |kind: &str, default_on: bool| {
@@ -539,6 +558,7 @@ impl LeakGuard {
             pii: config.pii,
             canary_action: config.canaries,
             holdback: config.holdback,
+            whole_body_limit: config.whole_body_limit,
         })
     }
 
@@ -549,6 +569,12 @@ impl LeakGuard {
         kinds.sort_unstable();
         kinds.dedup();
         kinds.into_iter()
+    }
+
+    /// The longest response, by its declared length, read whole before it is sent (see
+    /// [`LeakGuardConfig::whole_body_limit`]).
+    pub fn whole_body_limit(&self) -> usize {
+        self.whole_body_limit
     }
 
     /// The action for a class.
@@ -954,6 +980,13 @@ impl LeakStream {
     pub fn push(&mut self, chunk: &[u8]) -> StreamOutput {
         self.pending.extend_from_slice(chunk);
         self.step(false)
+    }
+
+    /// Feeds the last chunk and ends the stream: one scan, with nothing held back (a body
+    /// read whole).
+    pub fn push_last(&mut self, chunk: &[u8]) -> StreamOutput {
+        self.pending.extend_from_slice(chunk);
+        self.step(true)
     }
 
     /// Ends the stream, releasing what was held back.

@@ -71,20 +71,10 @@ async fn call(
                 }
             },
         );
-    let response = service.oneshot(request).await.unwrap();
-    let verdict = response.extensions().get::<WafVerdict>().cloned();
-    let shared = response.extensions().get::<SharedVerdict>().cloned();
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    // The final verdict: what the response body's scan added, when it went through the WAF.
-    let verdict = shared.map(|s| s.snapshot()).or(verdict);
+    let (parts, body, verdict) = collected(service.oneshot(request).await.unwrap()).await;
     let seen = seen.lock().unwrap().clone();
     (
-        Response::from_parts(parts, body),
+        Response::from_parts(parts, body.unwrap_or_default()),
         calls.load(Ordering::SeqCst),
         seen,
         verdict,
@@ -256,6 +246,168 @@ async fn leak_guard_redacts_streamed_responses() {
     let verdict = shared.snapshot();
     assert_eq!(verdict.action(), WafAction::Block);
     assert_eq!(verdict.detections().get("canary"), Some(&1));
+}
+
+/// Calls the WAF over an upstream answering `reply` with a declared length, as a proxied
+/// response with `Content-Length` does: the response's headers, its body, and the verdict.
+async fn call_whole(
+    config: WafConfig,
+    request: Request<Full<Bytes>>,
+    reply: &'static str,
+) -> (
+    http::response::Parts,
+    Result<Bytes, String>,
+    Option<WafVerdict>,
+) {
+    let service = ServiceBuilder::new()
+        .layer(WafLayer::try_from(config).unwrap())
+        .service_fn(
+            move |_req: Request<portcullis_waf::RequestBody<Full<Bytes>>>| async move {
+                let mut response = Response::new(Full::new(Bytes::from_static(reply.as_bytes())));
+                let headers = response.headers_mut();
+                headers.insert("content-type", "application/json".parse().unwrap());
+                headers.insert("content-length", reply.len().into());
+                Ok::<_, Infallible>(response)
+            },
+        );
+    collected(service.oneshot(request).await.unwrap()).await
+}
+
+/// A response's head, its body (or the body's error), and the final verdict: what the
+/// response body's scan added, when it went through the WAF.
+async fn collected<B>(
+    response: Response<B>,
+) -> (
+    http::response::Parts,
+    Result<Bytes, String>,
+    Option<WafVerdict>,
+)
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let verdict = response.extensions().get::<WafVerdict>().cloned();
+    let shared = response.extensions().get::<SharedVerdict>().cloned();
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    (parts, body, shared.map(|s| s.snapshot()).or(verdict))
+}
+
+fn leak_config(leak: LeakGuardConfig) -> WafConfig {
+    WafConfig {
+        leak_guard: Some(leak),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn leak_guard_reads_short_bodies_whole_and_keeps_their_length() {
+    let reply = "{\"text\":\"the key is ghp_R8sVq2LmZ4tY7wXn1cK9pF3hJ6dB0aE5uGiT, card 4111 1111 1111 1111\"}";
+    let redacted =
+        "{\"text\":\"the key is [REDACTED:secret.github_token], card [REDACTED:pii.card]\"}";
+    let (parts, body, verdict) =
+        call_whole(leak_config(LeakGuardConfig::default()), chat("hi"), reply).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body.unwrap(), redacted.as_bytes());
+    // The length of what is sent, not of what the upstream sent.
+    assert_eq!(parts.headers["content-length"], redacted.len().to_string());
+    let verdict = verdict.unwrap();
+    assert_eq!(verdict.action(), WafAction::Redact);
+    assert_eq!(verdict.redactions().len(), 2);
+
+    // A body with nothing to find goes through as it came, with its length.
+    let clean = "{\"text\":\"nothing to see here\"}";
+    let (parts, body, verdict) =
+        call_whole(leak_config(LeakGuardConfig::default()), chat("hi"), clean).await;
+    assert_eq!(body.unwrap(), clean.as_bytes());
+    assert_eq!(parts.headers["content-length"], clean.len().to_string());
+    assert_eq!(verdict.unwrap().action(), WafAction::Allow);
+
+    // Detection only: reported, sent unchanged, with the upstream's length.
+    let detect = WafConfig {
+        mode: Mode::DetectionOnly,
+        ..leak_config(LeakGuardConfig::default())
+    };
+    let (parts, body, verdict) = call_whole(detect, chat("hi"), reply).await;
+    assert_eq!(body.unwrap(), reply.as_bytes());
+    assert_eq!(parts.headers["content-length"], reply.len().to_string());
+    let verdict = verdict.unwrap();
+    assert_eq!(verdict.action(), WafAction::Detect);
+    assert_eq!(verdict.detections().len(), 2);
+
+    // Over the whole-body limit the body streams: no length, the same redactions.
+    let small = LeakGuardConfig {
+        whole_body_limit: 16,
+        ..LeakGuardConfig::default()
+    };
+    let (parts, body, _) = call_whole(leak_config(small), chat("hi"), reply).await;
+    assert_eq!(body.unwrap(), redacted.as_bytes());
+    assert!(parts.headers.get("content-length").is_none());
+}
+
+#[tokio::test]
+async fn a_short_body_the_leak_guard_blocks_becomes_a_problem() {
+    let leak = LeakGuardConfig {
+        canary_strings: vec!["violet-anchor-9921".into()],
+        ..LeakGuardConfig::default()
+    };
+    let reply = "{\"text\":\"the secret word is violet-anchor-9921\"}";
+    let (parts, body, verdict) = call_whole(leak_config(leak.clone()), chat("hi"), reply).await;
+    // Nothing was sent yet: a 502 problem, not a cut-off 200.
+    assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(parts.headers["content-type"], "application/problem+json");
+    let body = body.unwrap();
+    assert!(!String::from_utf8_lossy(&body).contains("violet-anchor"));
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "waf.response_blocked");
+    let verdict = verdict.unwrap();
+    assert_eq!(verdict.action(), WafAction::Block);
+    assert_eq!(verdict.detections().get("canary"), Some(&1));
+    assert_eq!(
+        problem["instance"].as_str().unwrap(),
+        verdict.incident().unwrap().urn()
+    );
+    // Streamed (whole-body reading off), the same body is cut off instead.
+    let streamed = LeakGuardConfig {
+        whole_body_limit: 0,
+        ..leak
+    };
+    let (parts, body, verdict) = call_whole(leak_config(streamed), chat("hi"), reply).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(body.is_err(), "the body errors instead of leaking");
+    assert_eq!(verdict.unwrap().action(), WafAction::Block);
+}
+
+#[tokio::test]
+async fn an_empty_body_keeps_its_headers() {
+    // A HEAD response declares the length of the body it does not carry.
+    let service = ServiceBuilder::new()
+        .layer(WafLayer::try_from(leak_config(LeakGuardConfig::default())).unwrap())
+        .service_fn(
+            |_req: Request<portcullis_waf::RequestBody<Full<Bytes>>>| async {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                response.headers_mut().insert("content-length", 4096.into());
+                Ok::<_, Infallible>(response)
+            },
+        );
+    let head = Request::head("/v1/models")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = service.oneshot(head).await.unwrap();
+    assert_eq!(response.headers()["content-length"], "4096");
+    assert!(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
 }
 
 /// A request body that is not ready before each frame, as a socket would be.

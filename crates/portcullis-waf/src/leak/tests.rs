@@ -130,6 +130,40 @@ fn config_errors() {
         })
         .contains("holdback")
     );
+    let over = err(LeakGuardConfig {
+        whole_body_limit: MAX_WHOLE_BODY_LIMIT + 1,
+        ..Default::default()
+    });
+    assert!(over.contains("leakGuard.wholeBodyLimit"), "{over}");
+    assert!(
+        LeakGuard::new(&LeakGuardConfig {
+            whole_body_limit: MAX_WHOLE_BODY_LIMIT,
+            ..Default::default()
+        })
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_body_pushed_as_its_last_chunk_is_scanned_once_and_whole() {
+    let guard = Arc::new(LeakGuard::new(&LeakGuardConfig::default()).unwrap());
+    let text = format!(
+        "{}the key is ghp_R8sVq2LmZ4tY7wXn1cK9pF3hJ6dB0aE5uGiT at the end",
+        "x".repeat(600)
+    );
+    let mut whole = guard.stream();
+    let out = whole.push_last(text.as_bytes());
+    // The same as a stream fed the body, then ended.
+    let mut streamed = guard.stream();
+    let mut expect = streamed.push(text.as_bytes()).emit;
+    expect.extend(streamed.finish().emit);
+    assert_eq!(out.emit, expect);
+    assert!(
+        String::from_utf8(out.emit)
+            .unwrap()
+            .ends_with("the key is [REDACTED:secret.github_token] at the end")
+    );
+    assert_eq!(whole.counts(), streamed.counts());
 }
 
 #[test]
