@@ -32,7 +32,13 @@ pub struct Proxy {
 pub struct Arrived(pub Instant);
 
 /// How long a request's layers may take before it waits for the others to write together.
-const GATHER_AFTER: Duration = Duration::from_micros(20);
+const GATHER_AFTER: Duration = Duration::from_micros(5);
+
+/// Marks the response to a request whose layers took long enough that its write to the
+/// upstream waited for the others' (a response extension): the server then writes its
+/// response with theirs too.
+#[derive(Debug, Clone, Copy)]
+pub struct Gathered;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -179,10 +185,13 @@ impl tower::Service<Request<BoxBody>> for Proxy {
             // signature) waits for the other requests ready now before it writes, so the
             // upstream is woken once for the lot, not once per request: on a busy core the
             // wake-ups of an idle upstream cost more than the wait. A cheap request goes at
-            // once: waiting costs it more than the wake-up.
-            if let Some(Arrived(at)) = req.extensions().get::<Arrived>()
-                && started.saturating_duration_since(*at) >= GATHER_AFTER
-            {
+            // once: waiting costs it more than the wake-up. (Its response is marked, and the
+            // server gathers the responses' writes the same way.)
+            let gathered = req
+                .extensions()
+                .get::<Arrived>()
+                .is_some_and(|Arrived(at)| started.saturating_duration_since(*at) >= GATHER_AFTER);
+            if gathered {
                 tokio::task::yield_now().await;
             }
             let response = match tokio::time::timeout(timeout, endpoint.send(req)).await {
@@ -201,6 +210,9 @@ impl tower::Service<Request<BoxBody>> for Proxy {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts.extensions.insert(UpstreamLatency(latency));
+            if gathered {
+                parts.extensions.insert(Gathered);
+            }
             Ok(Response::from_parts(parts, BoxBody::new(body)))
         })
     }
@@ -209,6 +221,64 @@ impl tower::Service<Request<BoxBody>> for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_slow_request_is_marked_gathered_and_a_fast_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0_u8; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(buf.get(..n).unwrap_or_default());
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = Proxy::new(
+            &crate::upstream::Upstreams::default(),
+            Arc::new(crate::routes::Backend {
+                name: "test".into(),
+                endpoints: vec![addr],
+            }),
+            Duration::from_secs(5),
+        );
+        let request = |arrived: Option<Instant>| {
+            let mut req = Request::get("/").body(BoxBody::empty()).unwrap();
+            if let Some(at) = arrived {
+                req.extensions_mut().insert(Arrived(at));
+            }
+            req
+        };
+        // Layers that took a second: its write waited for the others', and so will its
+        // response's.
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        let slow = proxy
+            .clone()
+            .oneshot(request(Some(long_ago)))
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), http::StatusCode::OK);
+        assert!(slow.extensions().get::<Gathered>().is_some());
+        // No arrival time (no layers timed): written at once, not marked.
+        let fast = proxy.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(fast.status(), http::StatusCode::OK);
+        assert!(fast.extensions().get::<Gathered>().is_none());
+    }
 
     #[test]
     fn addresses_are_written_as_display_writes_them() {

@@ -772,6 +772,17 @@ where
         let (gateway, limit) = (self.gateway.clone(), self.request_timeout);
         Box::pin(async move {
             let handled = tokio::time::timeout(limit, gateway.clone().handle(req)).await;
+            // A slow request's response waits for the others ready now, so they are written
+            // together and the client side is woken once for the lot (as the upstream is for
+            // their requests, see `proxy::Gathered`).
+            if let Ok(Ok(response)) = &handled
+                && response
+                    .extensions()
+                    .get::<crate::proxy::Gathered>()
+                    .is_some()
+            {
+                tokio::task::yield_now().await;
+            }
             drop(in_flight);
             match handled {
                 Ok(response) => response,
