@@ -953,31 +953,42 @@ impl Crs {
         ex: &'a Exchange,
         remote_addr: &str,
     ) -> Transaction<'a> {
-        let mut t = self.transaction(ex, remote_addr);
-        t.state = state;
+        let mut t = self.transaction_from(ex, remote_addr, state);
         t.fresh = false;
         t
     }
 
     /// Starts a transaction over `ex`, from client address `remote_addr`.
     pub fn transaction<'a>(&'a self, ex: &'a Exchange, remote_addr: &str) -> Transaction<'a> {
+        let state = Suspended {
+            tx: HashMap::with_capacity_and_hasher(64, TxHash::default()),
+            engine: self.engine,
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets_by_id: Vec::new(),
+            removed_targets_by_tag: Vec::new(),
+            body_processor: body_processor_of(ex),
+            outcome: CrsOutcome::default(),
+            allowed: false,
+            from_prelude: false,
+            captured: ALL_CAPTURES,
+        };
+        self.transaction_from(ex, remote_addr, state)
+    }
+
+    /// A transaction over `ex` in `state` (a new one's, or a suspended one's: its `TX`
+    /// table is not allocated only to be dropped).
+    fn transaction_from<'a>(
+        &'a self,
+        ex: &'a Exchange,
+        remote_addr: &str,
+        state: Suspended,
+    ) -> Transaction<'a> {
         Transaction {
             crs: self,
             ex,
             remote_addr: remote_addr.to_owned(),
-            state: Suspended {
-                tx: HashMap::with_capacity_and_hasher(64, TxHash::default()),
-                engine: self.engine,
-                removed_ids: Vec::new(),
-                removed_tags: Vec::new(),
-                removed_targets_by_id: Vec::new(),
-                removed_targets_by_tag: Vec::new(),
-                body_processor: body_processor_of(ex),
-                outcome: CrsOutcome::default(),
-                allowed: false,
-                from_prelude: false,
-                captured: ALL_CAPTURES,
-            },
+            state,
             matched_vars: Vec::new(),
             fixed_vars: None,
             memo: std::cell::RefCell::new(Pooled(Memo::new(self, ex))),
