@@ -264,7 +264,8 @@ fn holds(headers: &HeaderMap, types: &[String]) -> bool {
         return false;
     };
     let essence = ct.split(';').next().unwrap_or_default().trim();
-    !is_event_stream(headers) && types.iter().any(|t| t.eq_ignore_ascii_case(essence))
+    !essence.eq_ignore_ascii_case("text/event-stream")
+        && types.iter().any(|t| t.eq_ignore_ascii_case(essence))
 }
 
 /// The declared length of a response body the leak guard reads whole before sending it: not
