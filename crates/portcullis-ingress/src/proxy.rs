@@ -225,35 +225,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_request_is_marked_gathered_and_a_fast_one_is_not() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = vec![0_u8; 4096];
-                    let mut seen = Vec::new();
-                    while let Ok(n) = socket.read(&mut buf).await {
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(buf.get(..n).unwrap_or_default());
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if socket.write_all(reply).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let upstream = portcullis_test_util::upstream::FakeUpstream::start()
+            .await
+            .unwrap();
         let proxy = Proxy::new(
             &crate::upstream::Upstreams::default(),
             Arc::new(crate::routes::Backend {
                 name: "test".into(),
-                endpoints: vec![addr],
+                endpoints: vec![upstream.addr()],
             }),
             Duration::from_secs(5),
         );

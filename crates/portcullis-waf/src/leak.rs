@@ -71,7 +71,8 @@ pub struct LeakGuardConfig {
     /// The longest response, by its declared length, read whole and scanned before any of it
     /// is sent (default 64 KiB, at most 16 MiB; 0 streams every response). Such a response
     /// keeps an exact `Content-Length`, and one the guard blocks becomes a 502 problem
-    /// instead of a body cut off after its headers. Event streams are always streamed.
+    /// instead of a body cut off after its headers. Event streams are always streamed. (A body
+    /// CRS holds back whole for its phase 4 is treated the same, whatever its length.)
     pub whole_body_limit: usize,
 }
 
